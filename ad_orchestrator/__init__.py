@@ -1,0 +1,1 @@
+"""ad-orchestrator: a multi-agent ad decision service on Celery."""
