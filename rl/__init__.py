@@ -1,0 +1,1 @@
+"""Learning: DQN networks and trainer, environments from logs, off-policy evaluation."""
