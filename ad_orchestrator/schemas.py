@@ -55,7 +55,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=False, str_strip_whitespace=True)
 
 
-# Requests -----------------------------------------------------------------------
+# Requests -----------------------------------------------------------------------------
 
 
 class UserContext(_Model):
@@ -182,7 +182,7 @@ class AdRequest(_Model):
         return value
 
 
-# Agent results ---------------------------------------------------------------------
+# Agent results ------------------------------------------------------------------------
 
 
 class TopicScore(_Model):
@@ -278,7 +278,7 @@ AgentResult = Annotated[
 AGENT_RESULT: TypeAdapter[AgentResult] = TypeAdapter(AgentResult)
 
 
-# Decisions and feedback ----------------------------------------------------------------
+# Decisions and feedback ---------------------------------------------------------------
 
 
 class Decision(_Model):
@@ -319,7 +319,7 @@ class FeedbackEvent(_Model):
     ts: datetime = Field(default_factory=utcnow)
 
 
-# Validation at the edge ------------------------------------------------------------------
+# Validation at the edge ---------------------------------------------------------------
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    # Connections ---------------------------------------------------------------
+    # Connections ----------------------------------------------------------------------
     redis_url: str | None = Field(
         default=None,
         description="Redis for results, ledgers and weights; unset: probe, else embed.",
@@ -50,14 +50,14 @@ class Settings(BaseSettings):
         description="Where the embedded Redis and local secrets live.",
     )
 
-    # Celery ------------------------------------------------------------------
+    # Celery ---------------------------------------------------------------------------
     queue: str = Field(default="adorch", description="Queue every agent task uses.")
     result_expires_s: int = Field(default=3600, gt=0)
     worker_concurrency: int = Field(default=2, gt=0)
     agent_retries: int = Field(default=2, ge=0, le=10)
     agent_retry_backoff_s: float = Field(default=0.01, ge=0)
 
-    # Decisions ---------------------------------------------------------------
+    # Decisions ------------------------------------------------------------------------
     deadline_ms: int = Field(
         default=300, gt=0, description="Deadline used when a request has no tmax."
     )
@@ -68,24 +68,24 @@ class Settings(BaseSettings):
     )
     reservation_window_s: int = Field(default=300, gt=0)
 
-    # Files ----------------------------------------------------------------------
+    # Files ----------------------------------------------------------------------------
     graph_path: Path = CONFIG_DIR / "agent_graph.yaml"
     campaigns_path: Path = CONFIG_DIR / "campaigns.yaml"
     policies_dir: Path = REPO_ROOT / "policies"
     data_dir: Path = DATA_DIR
 
-    # Keys and names in Redis -----------------------------------------------------
+    # Keys and names in Redis ----------------------------------------------------------
     key_prefix: str = "adorch"
     feedback_stream: str = "adorch:feedback"
     feedback_maxlen: int = Field(default=1_000_000, gt=0)
 
-    # Secrets -----------------------------------------------------------------------
+    # Secrets --------------------------------------------------------------------------
     weights_hmac_key: SecretStr | None = None
     id_salt: SecretStr | None = None
     flower_user: str = "admin"
     flower_password: SecretStr | None = None
 
-    # Observability -------------------------------------------------------------------
+    # Observability --------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True
 
