@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "adorch"
 
 _LATENCY_BUCKETS = (
-    0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+    0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0,
+    2.0, 5.0,
 )  # fmt: skip
 
 DECISIONS = Counter(
