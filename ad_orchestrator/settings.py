@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # Observability --------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True
+    metrics_port: int | None = Field(
+        default=None, description="Workers serve /metrics here when set."
+    )
 
     @field_validator("key_prefix")
     @classmethod
