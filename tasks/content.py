@@ -1,0 +1,298 @@
+"""The Content agent: what each candidate ad is, and how well it fits the request.
+
+Per batch it does three things:
+
+1. Encodes each request's context (`devices.request_context`, the same reading the
+   Context agent and the trainer use) and each candidate's own features
+   (`features.encode_ads`, with the user's affinity for the ad in the last column).
+   Ad encodings are cached per ad, since the same ads recur across requests.
+2. Scores every (request, ad) pair with the served `ContentQNet` in one forward pass
+   over the whole batch, candidates padded to the longest list. It scores twice in
+   that pass: `relevance` with the user's features and affinities (personalised)
+   and `contextual` with both zeroed. Content runs before Policy, so it cannot know
+   whether consent allows personalisation; the reducer picks the score Policy allows.
+3. For creatives with text (title, body, landing page), fills `topics` (IAB Content
+   Taxonomy 3.1), `sentiment` (VADER) and `brand_safety` through
+   `creatives.CreativeAnalyzer`, cached in Redis so each creative is analysed once.
+   Item-feature creatives (the Open Bandit Dataset) have no text and skip this.
+
+The model comes from the weight store through `weights.ServingModel`, checked at the
+start of every batch, so a promoted version serves from the next batch on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import redis
+import torch
+from torch import nn
+
+from ad_orchestrator import devices
+from ad_orchestrator.creatives import CreativeAnalysis, CreativeAnalyzer, has_text
+from ad_orchestrator.features import (
+    AD_DIM,
+    CONTEXT_DIM,
+    USER_BUCKETS,
+    encode_ads,
+    encode_context,
+)
+from ad_orchestrator.schemas import AdRequest, CandidateAd, ContentOutput, TopicScore
+from ad_orchestrator.settings import Settings
+from ad_orchestrator.weights import ServingModel, WeightStore
+from rl.networks import ContentQNet
+from tasks.base import Agent, Upstream
+
+log = logging.getLogger(__name__)
+
+# The user's features fill the last USER_BUCKETS columns of the context encoding
+# (`features.encode_context`); zeroing them gives the request's contextual encoding.
+USER_COLUMNS = slice(CONTEXT_DIM - USER_BUCKETS, CONTEXT_DIM)
+AFFINITY_COLUMN = AD_DIM - 1
+AD_CACHE_SIZE = 100_000
+TOPICS_PER_AD = 5
+
+MSG_ANALYSIS_FAILED = "content: creative analysis failed, scores kept: %s"
+
+AdKey = tuple[str, tuple[tuple[str, str | float], ...]]
+
+
+class AdEncodingCache:
+    """Encodings of ads' own features (affinity column 0), one row per unique ad.
+
+    Rows live in one growing array, so a batch gathers its candidates with a single
+    fancy index instead of stacking thousands of small arrays.
+    """
+
+    def __init__(self, max_size: int = AD_CACHE_SIZE) -> None:
+        self.max_size = max_size
+        self._index: dict[AdKey, int] = {}
+        self._table = np.zeros((64, AD_DIM), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def rows(self, ads: Sequence[CandidateAd]) -> np.ndarray:
+        """Return the row of each ad in the table, encoding unseen ads first."""
+        keys = [(ad.ad_id, tuple(ad.features.items())) for ad in ads]
+        missing = [i for i, key in enumerate(keys) if key not in self._index]
+        if missing:
+            if len(self._index) + len(missing) > self.max_size:
+                self._index.clear()  # rare: the ad set turned over completely
+                missing = list(range(len(keys)))
+            # Repeated ads within one batch: encode each unique key once.
+            unique = {keys[i]: ads[i] for i in missing if keys[i] not in self._index}
+            encoded = encode_ads([ad.features for ad in unique.values()])
+            start = len(self._index)
+            needed = start + len(unique)
+            if needed > len(self._table):
+                grown = np.zeros((max(needed, 2 * len(self._table)), AD_DIM), "f4")
+                grown[:start] = self._table[:start]
+                self._table = grown
+            self._table[start:needed] = encoded
+            for offset, key in enumerate(unique):
+                self._index[key] = start + offset
+        return np.fromiter((self._index[k] for k in keys), np.int64, len(keys))
+
+    def table(self) -> np.ndarray:
+        """Return the encodings, `(n_unique_ads, AD_DIM)`, indexed by `rows`."""
+        return self._table
+
+
+def encode_batch(
+    requests: Sequence[AdRequest],
+    contexts: Sequence[devices.RequestContext],
+    cache: AdEncodingCache,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode a batch for the model, candidates padded to the longest list.
+
+    Returns:
+        The context encodings `(batch, CONTEXT_DIM)`, the ad encodings with the
+        user's affinities `(batch, n_max, AD_DIM)` and the mask of real candidates
+        `(batch, n_max)`.
+    """
+    context = encode_context([ctx.fields for ctx in contexts])
+    counts = np.fromiter((len(r.candidates) for r in requests), np.int64, len(requests))
+    n_max = int(counts.max()) if len(requests) else 0
+    mask = np.arange(n_max)[None, :] < counts[:, None]
+    flat = [ad for request in requests for ad in request.candidates]
+    rows = cache.rows(flat)
+    ads = np.zeros((len(requests), n_max, AD_DIM), dtype=np.float32)
+    ads[mask] = cache.table()[rows]
+    affinity = [
+        request.user.item_affinity.get(ad.ad_id, 0.0)
+        for request in requests
+        for ad in request.candidates
+    ]
+    ads[mask, AFFINITY_COLUMN] = np.asarray(affinity, dtype=np.float32)
+    return context, ads, mask
+
+
+def score_batch(
+    model: nn.Module, context: np.ndarray, ads: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score every (request, ad) pair with and without the user's data.
+
+    Both views go through the model in one forward pass of `2 * batch` rows.
+
+    Returns:
+        Personalised and contextual scores, each `(batch, n_max)`.
+    """
+    plain_context = context.copy()
+    plain_context[:, USER_COLUMNS] = 0.0
+    plain_ads = ads.copy()
+    plain_ads[:, :, AFFINITY_COLUMN] = 0.0
+    both_context = torch.from_numpy(np.concatenate([context, plain_context]))
+    both_ads = torch.from_numpy(np.concatenate([ads, plain_ads]))
+    with torch.inference_mode():
+        q = model(both_context, both_ads).numpy()
+    half = len(context)
+    return q[:half], q[half:]
+
+
+def untrained_model(seed: int = 0) -> ContentQNet:
+    """Return an untrained ContentQNet, the same in every worker process.
+
+    Served until the trainer publishes weights; seeded (without touching the global
+    random state) so that every worker ranks ads the same way meanwhile.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ContentQNet()
+
+
+def _bytes_client(client: redis.Redis) -> redis.Redis:
+    # The weight store reads binary blobs, so it needs a client that does not
+    # decode responses; build one on the same server when ours does.
+    kwargs = client.connection_pool.connection_kwargs
+    if not kwargs.get("decode_responses"):
+        return client
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=client.connection_pool.connection_class,
+            **{**kwargs, "decode_responses": False},
+        )
+    )
+
+
+class ContentAgent(Agent[ContentOutput]):
+    """Relevance of every candidate ad, and what text creatives are about.
+
+    Args:
+        settings: The service settings.
+        client: Redis for the weight store and the creative-analysis cache.
+        model_source: Returns `(module, version)` for the next batch; defaults to a
+            `ServingModel` over the weight store (tests pass their own).
+        analyzer: Creative understanding; defaults to one on `client`.
+    """
+
+    name = "content"
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        *,
+        model_source: Callable[[], tuple[nn.Module, str | None]] | None = None,
+        analyzer: CreativeAnalyzer | None = None,
+    ) -> None:
+        super().__init__(settings, client)
+        if model_source is None:
+            serving = ServingModel(
+                WeightStore(_bytes_client(client), settings), self.name, untrained_model
+            )
+            model_source = serving.current
+        self._model_source = model_source
+        self._version: str | None = None
+        self.ads = AdEncodingCache()
+        self.analyzer = analyzer or CreativeAnalyzer(settings, client)
+
+    def weights_version(self) -> str | None:
+        """Return the version of the model that scored the last batch."""
+        return self._version
+
+    def decide(
+        self, requests: Sequence[AdRequest], upstream: Upstream
+    ) -> list[ContentOutput]:
+        """Score every candidate of every request, and understand text creatives."""
+        model, self._version = self._model_source()
+        contexts = [devices.request_context(request) for request in requests]
+        context, ads, mask = encode_batch(requests, contexts, self.ads)
+        personal, contextual = score_batch(model, context, ads)
+        analyses = self._analyse(requests)
+        outputs = []
+        for i, request in enumerate(requests):
+            ids = [ad.ad_id for ad in request.candidates]
+            n = len(ids)
+            output = ContentOutput(
+                request_id=request.request_id,
+                relevance=dict(zip(ids, personal[i, :n].tolist(), strict=True)),
+                contextual=dict(zip(ids, contextual[i, :n].tolist(), strict=True)),
+            )
+            _fill_understanding(output, request, analyses)
+            outputs.append(output)
+        return outputs
+
+    def fallback(
+        self, requests: Sequence[AdRequest], upstream: Upstream, reason: str
+    ) -> list[ContentOutput]:
+        """Answer with neutral scores (0.0 for every ad) and no understanding.
+
+        The result is marked as a fallback by `Agent.run`, which calls this.
+        """
+        outputs = []
+        for request in requests:
+            neutral = {ad.ad_id: 0.0 for ad in request.candidates}
+            outputs.append(
+                ContentOutput(
+                    request_id=request.request_id,
+                    relevance=neutral,
+                    contextual=dict(neutral),
+                )
+            )
+        return outputs
+
+    def _analyse(self, requests: Sequence[AdRequest]) -> dict[int, CreativeAnalysis]:
+        # Keyed by id() of the Creative object, valid for this batch only.
+        creatives = [
+            ad.creative
+            for request in requests
+            for ad in request.candidates
+            if ad.creative is not None and has_text(ad.creative)
+        ]
+        if not creatives:
+            return {}
+        try:
+            results = self.analyzer.analyse(creatives)
+        except Exception as error:  # noqa: BLE001 - scores are worth more than topics
+            log.warning(MSG_ANALYSIS_FAILED, f"{type(error).__name__}: {error}")
+            return {}
+        return {
+            id(creative): result
+            for creative, result in zip(creatives, results, strict=True)
+            if result is not None
+        }
+
+
+def _fill_understanding(
+    output: ContentOutput, request: AdRequest, analyses: dict[int, CreativeAnalysis]
+) -> None:
+    if not analyses:
+        return
+    for ad in request.candidates:
+        found = analyses.get(id(ad.creative)) if ad.creative is not None else None
+        if found is None:
+            continue
+        output.topics[ad.ad_id] = [
+            TopicScore(category=category, score=score)
+            for category, score in found.topics[:TOPICS_PER_AD]
+        ]
+        output.sentiment[ad.ad_id] = found.sentiment
+        output.brand_safety[ad.ad_id] = list(found.brand_safety)
+
+
+from ad_orchestrator.app import agent_task  # noqa: E402 - after the class
+
+task = agent_task(ContentAgent)
