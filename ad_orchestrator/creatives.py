@@ -406,7 +406,11 @@ class CreativeAnalyzer:
         self.analysed = 0
 
     def cache_stats(self) -> dict[str, float]:
-        """Return cache hits, misses, creatives analysed and the hit rate."""
+        """Return hits, misses, creatives read by the model, and the hit rate.
+
+        A miss is a unique creative that had to be analysed; a hit is any other
+        occurrence of a creative with text (cached, or repeated within a batch).
+        """
         total = self.hits + self.misses
         return {
             "hits": self.hits,
@@ -424,9 +428,11 @@ class CreativeAnalyzer:
         keys = [creative_key(c) if has_text(c) else None for c in creatives]
         unique = {key: c for key, c in zip(keys, creatives, strict=True) if key}
         found = self._cache_get(list(unique))
-        self.hits += sum(1 for key in keys if key and key in found)
         todo = {key: c for key, c in unique.items() if key not in found}
-        self.misses += sum(1 for key in keys if key and key in todo)
+        # A miss is a creative that had to be analysed; every other occurrence
+        # (cached, or a repeat within this batch) is served without the model.
+        self.misses += len(todo)
+        self.hits += sum(1 for key in keys if key) - len(todo)
         if todo:
             fresh = self._analyse_uncached(todo)
             self._cache_put(fresh)
