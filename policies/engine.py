@@ -211,15 +211,18 @@ class PolicyEngine:
         if not consent:
             return [Finding("consent.gdpr.missing", "GDPR applies; no TC string")]
         try:
-            decoded = tcf.decode(consent)
+            # Version first: a v1.1 string is unsupported whether or not the rest
+            # of it decodes (some v1.1-looking strings carry v2-shaped bodies).
+            version = tcf.detect_version(consent)
+            decoded = None if version == 1 else tcf.decode(consent)
         except tcf.TCFDecodeError as error:
             return [Finding("consent.gdpr.undecodable", str(error))]
-        if decoded.version not in rules.supported_tcf_versions:
+        if decoded is None or decoded.version not in rules.supported_tcf_versions:
             return [
                 Finding(
                     "consent.gdpr.unsupported_version",
-                    f"TC string is TCF v{decoded.version}.x; the rules accept "
-                    f"versions {rules.supported_tcf_versions}",
+                    f"TC string is TCF v{version}; the rules accept versions "
+                    f"{rules.supported_tcf_versions}",
                 )
             ]
         found = []
