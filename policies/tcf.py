@@ -11,7 +11,7 @@ range whose start is after its end is an error (`TCFDecodeError`), never a guess
 Why our own decoder: the maintained Python package `iab-tcf` (0.2.2) reads zero
 bits past the end of a truncated string instead of failing, and checks neither
 range entries (vendor 0, vendors above MaxVendorId, start after end) nor
-VendorListVersion 0. Of the 17 malformed TCF v2 vectors it raises on none (only
+VendorListVersion 0. Of the 16 malformed TCF v2 vectors it raises on none (only
 the empty string fails), so a truncated consent string would come back as a
 consent. It also returns the language and country codes as bytes. See
 `tests/policies/test_tcf.py::test_iab_tcf_package_accepts_malformed_strings`.
