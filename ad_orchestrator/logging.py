@@ -224,6 +224,12 @@ def configure_logging(settings: _LoggingSettings, entry_point: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # uvicorn installs its own plain handlers before the app is imported; route its
+    # lines through ours so the web process writes JSON only.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        server_logger = logging.getLogger(name)
+        server_logger.handlers.clear()
+        server_logger.propagate = True
     # Access logs of every request would drown the decisions' own lines.
     logging.getLogger("uvicorn.access").setLevel(max(level, logging.WARNING))
     _configured_for = entry_point

@@ -116,6 +116,14 @@ DECISION_DEADLINE = Gauge(
     multiprocess_mode="max",
 )
 
+WEB_REQUEST_LATENCY = Histogram(
+    "web_request_seconds",
+    "Time the web example took to answer, by route and HTTP status.",
+    ["route", "status"],
+    namespace=NAMESPACE,
+    buckets=_LATENCY_BUCKETS,
+)
+
 # Read from Redis when scraped (see `FeedbackStreamCollector`), never from files.
 FEEDBACK_STREAM_LENGTH_NAME = f"{NAMESPACE}_feedback_stream_length"
 FEEDBACK_STREAM_LAG_NAME = f"{NAMESPACE}_feedback_stream_lag_entries"
@@ -138,6 +146,7 @@ _DECLARED = (
     FEEDBACK_EVENTS,
     FEEDBACK_DUPLICATES,
     DECISION_DEADLINE,
+    WEB_REQUEST_LATENCY,
 )
 _SCRAPE_TIME_NAMES = (
     FEEDBACK_STREAM_LENGTH_NAME,

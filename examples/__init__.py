@@ -1,0 +1,1 @@
+"""Examples of applications built on ad-orchestrator."""

@@ -1,0 +1,1 @@
+"""A FastAPI web backend that asks ad-orchestrator for decisions within `tmax`."""
