@@ -182,7 +182,7 @@ def gather_results(self: Task, request_or_batch: Any) -> Decision | list[Decisio
     settings = runtime().settings
     state = initial_state(requests, single=single)
     raise self.replace(
-        level_chord(runtime().graph, 0, state, task_options(None, settings.queue))
+        level_chord(app, runtime().graph, 0, state, task_options(None, settings.queue))
     )
 
 
@@ -194,7 +194,7 @@ def advance(self: Task, results: list[dict[str, Any]], state: dict[str, Any]) ->
     following = dict(state, upstream=upstream, level=state["level"] + 1)
     options = task_options(state.get("deadline"), runtime().settings.queue)
     raise self.replace(
-        level_chord(runtime().graph, following["level"], following, options)
+        level_chord(app, runtime().graph, following["level"], following, options)
     )
 
 

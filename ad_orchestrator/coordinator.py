@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Signature, chord, group, signature
+from celery import Celery, Signature, chord, group
 
 from ad_orchestrator.graph import AgentGraph
 from ad_orchestrator.schemas import AdRequest, CandidateAd
@@ -57,6 +57,7 @@ def unpack_batch(payload: dict[str, Any]) -> list[AdRequest]:
 
 
 def level_chord(
+    app: Celery,
     graph: AgentGraph,
     level: int,
     state: dict[str, Any],
@@ -68,14 +69,19 @@ def level_chord(
     task of the level gets it, and the body (the next level's launcher, or the
     reducer after the last level) receives the level's results plus the state.
     """
+    # Signatures are bound to `app` explicitly: in a thread of a web server the
+    # "current app" is Celery's default one, which has no result backend.
     header = group(
-        signature(graph.tasks[name], args=(state,), options=dict(options))
-        for name in graph.levels[level]
+        [
+            app.signature(graph.tasks[name], args=(state,), options=dict(options))
+            for name in graph.levels[level]
+        ],
+        app=app,
     )
     is_last = level == len(graph.levels) - 1
     body_task = graph.reducer if is_last else ADVANCE_TASK
-    body = signature(body_task, args=(state,), options=dict(options))
-    return chord(header, body)
+    body = app.signature(body_task, args=(state,), options=dict(options))
+    return chord(header, body, app=app)
 
 
 def initial_state(

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, gt=0)
     agent_retries: int = Field(default=2, ge=0, le=10)
     agent_retry_backoff_s: float = Field(default=0.01, ge=0)
+    chaos_fail_agents: list[str] = Field(
+        default_factory=list,
+        description="Chaos testing: these agents raise on every batch, so their "
+        "fallbacks can be exercised on real workers. Never set in production.",
+    )
 
     # Decisions ------------------------------------------------------------------------
     deadline_ms: int = Field(

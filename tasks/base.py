@@ -36,6 +36,10 @@ Out = TypeVar("Out", ContextOutput, ContentOutput, BudgetOutput, PolicyOutput)
 MSG_FALLBACK = "agent %s fell back for %d request(s) after %d attempt(s): %s"
 
 
+class ChaosError(RuntimeError):
+    """Raised on purpose by an agent named in `settings.chaos_fail_agents`."""
+
+
 class Upstream:
     """Outputs of agents that ran earlier in the graph, joined by request id."""
 
@@ -107,6 +111,8 @@ class Agent(ABC, Generic[Out]):
         outputs: list[Out] = []
         for attempt in range(1, attempts + 1):
             try:
+                if self.name in self.settings.chaos_fail_agents:
+                    raise ChaosError(f"{self.name} fails on purpose (chaos setting)")
                 outputs = self.decide(requests, upstream)
                 if len(outputs) != len(requests):
                     raise RuntimeError(

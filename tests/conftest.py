@@ -88,13 +88,21 @@ def settings():  # type: ignore[no-untyped-def]
     return load_settings()
 
 
-def start_worker(name: str, **options: Any) -> WorkerProcess:
-    """Start a real prefork worker on this session's queue and wait until it answers."""
+def start_worker(
+    name: str, *, extra_env: dict[str, str] | None = None, **options: Any
+) -> WorkerProcess:
+    """Start a real prefork worker and wait until it answers.
+
+    It consumes the queue its own settings name: this session's, unless
+    `extra_env` sets another `ADORCH_QUEUE`.
+    """
     from ad_orchestrator.app import app
 
+    env = extra_env or {}
+    queue = env.get("ADORCH_QUEUE", os.environ["ADORCH_QUEUE"])
     logdir = Path(str(_state["state_dir"])) / "logs"
     return _start_worker(
-        app, name, queue=os.environ["ADORCH_QUEUE"], logdir=logdir, **options
+        app, name, queue=queue, logdir=logdir, extra_env=env, **options
     )
 
 
