@@ -28,7 +28,7 @@ from policies.frequency import caps_reached, user_hash
 
 
 def register(
-    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    subparsers: argparse._SubParsersAction,
     settings_factory: Callable[[], Settings],
 ) -> None:
     """Add `policy explain` to the `adorch` parser.
