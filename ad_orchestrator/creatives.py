@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -445,7 +445,8 @@ class CreativeAnalyzer:
         self, todo: dict[str, Creative]
     ) -> dict[str, CreativeAnalysis]:
         pages = self._pages(todo)
-        texts, errors = {}, {}
+        texts: dict[str, str] = {}
+        errors: dict[str, str | None] = {}
         for key, creative in todo.items():
             html, errors[key] = pages.get(key, (creative.html, None))
             parts = [creative.title, creative.body, extract_text(html) if html else ""]
@@ -468,7 +469,9 @@ class CreativeAnalyzer:
             result.text_chars = len(texts[key])
         return results
 
-    def _pages(self, todo: dict[str, Creative]) -> dict[str, tuple[str | None, str]]:
+    def _pages(
+        self, todo: dict[str, Creative]
+    ) -> dict[str, tuple[str | None, str | None]]:
         # Only creatives with a landing page and no HTML given need a fetch.
         wanted = {
             key: c.landing_url
@@ -490,7 +493,7 @@ class CreativeAnalyzer:
                 except FetchError as error:
                     log.info(MSG_FETCH_FAILED, urlsplit(wanted[key]).hostname, error)
                     pages[key] = (None, str(error))
-        return pages  # type: ignore[return-value]
+        return pages
 
     def _categories(self) -> np.ndarray:
         if self._category_vectors is None:
@@ -524,7 +527,7 @@ class CreativeAnalyzer:
         if self.redis is None or not keys:
             return {}
         try:
-            raw = self.redis.mget([self._key(k) for k in keys])
+            raw = cast(list[Any], self.redis.mget([self._key(k) for k in keys]))
         except redis.RedisError as error:
             log.warning(MSG_CACHE_UNAVAILABLE, error)
             return {}

@@ -12,71 +12,43 @@ Run: `.venv/bin/python benchmarks/agents.py [--batch 256] [--repeats 7]`.
 from __future__ import annotations
 
 import argparse
-import gzip
-import itertools
+import os
 import statistics
 import time
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import fakeredis
+import torch
 
 from ad_orchestrator.schemas import AdRequest, Creative
-from ad_orchestrator.settings import DATA_DIR, load_settings
-from tasks.base import Upstream
+from ad_orchestrator.settings import load_settings
+from rl.envs.obd import load_obd, row_to_request
+from tasks.base import Agent, Upstream
 
 
-def obd_requests(
-    n: int, folder: Path = DATA_DIR / "obd" / "random" / "all"
-) -> list[AdRequest]:
-    """Return `n` requests built from the first OBD rows (80 items each)."""
-    import csv
-
-    with (folder / "item_context.csv").open() as handle:
-        items = list(csv.DictReader(handle))
-    candidates = []
-    for item in items:
-        features: dict[str, str | float] = {}
-        for name, value in item.items():
-            if name.startswith("item_feature_"):
-                try:
-                    features[name] = float(value)
-                except ValueError:
-                    features[name] = value
-        candidates.append(
-            {"ad_id": item["item_id"], "campaign_id": "obd-all", "features": features}
-        )
-    with gzip.open(folder / "all.csv.gz", "rt") as handle:
-        rows = list(itertools.islice(csv.DictReader(handle), n))
-    requests = []
-    for i, row in enumerate(rows):
-        user = {k: v for k, v in row.items() if k.startswith("user_feature_")}
-        affinity = {
-            k.rsplit("_", 1)[1]: float(v)
-            for k, v in row.items()
-            if k.startswith("user-item_affinity_") and float(v)
-        }
-        requests.append(
-            AdRequest(
-                request_id=f"obd-{i}",
-                timestamp=datetime.fromisoformat(row["timestamp"]),
-                user={"features": user, "item_affinity": affinity},
-                slots=[{"slot_id": "s", "position": int(row["position"])}],
-                candidates=candidates,
-            )
-        )
-    return requests
+def obd_requests(n: int) -> list[AdRequest]:
+    """Return the first `n` OBD random/all rows as the replay builds them."""
+    log = load_obd("random", "all")
+    return [
+        AdRequest.model_validate(row_to_request(log, i, "obd-all")) for i in range(n)
+    ]
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """Return the median and best wall time of `fn()` in milliseconds."""
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+    """Return the median wall, best wall and median CPU time of `fn()`, in ms.
+
+    CPU time (this process, all threads) shows the work itself when other
+    processes share the machine and stretch the wall time.
+    """
     fn()  # warm caches and lazy loads
-    runs = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         fn()
-        runs.append((time.perf_counter() - started) * 1000)
-    return statistics.median(runs), min(runs)
+        wall.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.process_time() - started_cpu) * 1000)
+    return statistics.median(wall), min(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -84,8 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--skip-creatives", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from tasks.content import ContentAgent
     from tasks.context import ContextAgent
@@ -95,10 +70,24 @@ def main() -> None:
     requests = obd_requests(args.batch)
     upstream = Upstream()
     n_ads = len(requests[0].candidates)
-    print(f"batch: {len(requests)} OBD requests x {n_ads} candidate ads")
-    for agent in (ContextAgent(settings, client), ContentAgent(settings, client)):
-        median, best = timed(lambda a=agent: a.decide(requests, upstream), args.repeats)
-        print(f"{agent.name:8s} decide: median {median:7.1f} ms  best {best:7.1f} ms")
+    print(
+        f"batch: {len(requests)} OBD requests x {n_ads} candidate ads; torch threads "
+        f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs"
+    )
+    agents: list[Agent[Any]] = [
+        ContextAgent(settings, client),
+        ContentAgent(settings, client),
+    ]
+    for agent in agents:
+        wall, best, cpu = timed(
+            lambda a=agent: a.decide(requests, upstream),  # type: ignore[misc]
+            args.repeats,
+        )
+        print(
+            f"{agent.name:8s} decide: wall median {wall:7.1f} ms, best {best:7.1f} "
+            f"ms; CPU median {cpu:7.1f} ms"
+        )
 
     if args.skip_creatives:
         return

@@ -9,7 +9,8 @@ Per batch it does three things:
 2. Scores every (request, ad) pair with the served `ContentQNet` in one forward pass
    over the whole batch, candidates padded to the longest list. It scores twice in
    that pass: `relevance` with the user's features and affinities (personalised)
-   and `contextual` with both zeroed. Content runs before Policy, so it cannot know
+   and `contextual` with both zeroed (once per distinct request, since without
+   user data many requests look alike). Content runs before Policy, so it cannot know
    whether consent allows personalisation; the reducer picks the score Policy allows.
 3. For creatives with text (title, body, landing page), fills `topics` (IAB Content
    Taxonomy 3.1), `sentiment` (VADER) and `brand_safety` through
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import redis
@@ -101,24 +103,39 @@ class AdEncodingCache:
         return self._table
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """A batch as the model reads it, candidates padded to the longest list.
+
+    Attributes:
+        context: `(batch, CONTEXT_DIM)` request encodings.
+        ads: `(batch, n_max, AD_DIM)` candidate encodings with the user's
+            affinities; padding rows are zero.
+        mask: `(batch, n_max)` True for real candidates.
+        ad_rows: `(batch, n_max)` each candidate's row in the ad cache (-1:
+            padding); equal rows mean equal ad features.
+    """
+
+    context: np.ndarray
+    ads: np.ndarray
+    mask: np.ndarray
+    ad_rows: np.ndarray
+
+
 def encode_batch(
     requests: Sequence[AdRequest],
     contexts: Sequence[devices.RequestContext],
     cache: AdEncodingCache,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Encode a batch for the model, candidates padded to the longest list.
-
-    Returns:
-        The context encodings `(batch, CONTEXT_DIM)`, the ad encodings with the
-        user's affinities `(batch, n_max, AD_DIM)` and the mask of real candidates
-        `(batch, n_max)`.
-    """
+) -> EncodedBatch:
+    """Encode a batch for the model (see `EncodedBatch`)."""
     context = encode_context([ctx.fields for ctx in contexts])
     counts = np.fromiter((len(r.candidates) for r in requests), np.int64, len(requests))
     n_max = int(counts.max()) if len(requests) else 0
     mask = np.arange(n_max)[None, :] < counts[:, None]
     flat = [ad for request in requests for ad in request.candidates]
     rows = cache.rows(flat)
+    ad_rows = np.full((len(requests), n_max), -1, dtype=np.int64)
+    ad_rows[mask] = rows
     ads = np.zeros((len(requests), n_max, AD_DIM), dtype=np.float32)
     ads[mask] = cache.table()[rows]
     affinity = [
@@ -127,29 +144,39 @@ def encode_batch(
         for ad in request.candidates
     ]
     ads[mask, AFFINITY_COLUMN] = np.asarray(affinity, dtype=np.float32)
-    return context, ads, mask
+    return EncodedBatch(context, ads, mask, ad_rows)
 
 
-def score_batch(
-    model: nn.Module, context: np.ndarray, ads: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def score_batch(model: nn.Module, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
     """Score every (request, ad) pair with and without the user's data.
 
-    Both views go through the model in one forward pass of `2 * batch` rows.
+    Without the user's features and affinities, many requests of a batch look
+    the same (same hour, position and candidates), so the contextual view is
+    scored once per distinct request; both views share one forward pass.
 
     Returns:
         Personalised and contextual scores, each `(batch, n_max)`.
     """
-    plain_context = context.copy()
+    plain_context = batch.context.copy()
     plain_context[:, USER_COLUMNS] = 0.0
-    plain_ads = ads.copy()
+    distinct: dict[bytes, int] = {}
+    inverse = np.fromiter(
+        (
+            distinct.setdefault(ctx.tobytes() + rows.tobytes(), len(distinct))
+            for ctx, rows in zip(plain_context, batch.ad_rows, strict=True)
+        ),
+        np.int64,
+        len(plain_context),
+    )
+    firsts = np.unique(inverse, return_index=True)[1]
+    plain_ads = batch.ads[firsts]
     plain_ads[:, :, AFFINITY_COLUMN] = 0.0
-    both_context = torch.from_numpy(np.concatenate([context, plain_context]))
-    both_ads = torch.from_numpy(np.concatenate([ads, plain_ads]))
+    both_context = np.concatenate([batch.context, plain_context[firsts]])
+    both_ads = np.concatenate([batch.ads, plain_ads])
     with torch.inference_mode():
-        q = model(both_context, both_ads).numpy()
-    half = len(context)
-    return q[:half], q[half:]
+        q = model(torch.from_numpy(both_context), torch.from_numpy(both_ads)).numpy()
+    half = len(batch.context)
+    return q[:half], q[half:][inverse]
 
 
 def untrained_model(seed: int = 0) -> ContentQNet:
@@ -219,8 +246,8 @@ class ContentAgent(Agent[ContentOutput]):
         """Score every candidate of every request, and understand text creatives."""
         model, self._version = self._model_source()
         contexts = [devices.request_context(request) for request in requests]
-        context, ads, mask = encode_batch(requests, contexts, self.ads)
-        personal, contextual = score_batch(model, context, ads)
+        batch = encode_batch(requests, contexts, self.ads)
+        personal, contextual = score_batch(model, batch)
         analyses = self._analyse(requests)
         outputs = []
         for i, request in enumerate(requests):

@@ -15,9 +15,18 @@ from ad_orchestrator.creatives import CreativeAnalysis
 from ad_orchestrator.features import AD_DIM, CONTEXT_DIM, encode_ads
 from ad_orchestrator.schemas import AdRequest, Creative
 from ad_orchestrator.settings import Settings, load_settings
+from ad_orchestrator.weights import ServingModel, WeightStore
+from rl.envs.obd import BanditLog, load_obd, row_to_request
 from rl.networks import ContentQNet
 from tasks.base import Upstream
-from tasks.content import AdEncodingCache, ContentAgent, encode_batch
+from tasks.content import (
+    USER_COLUMNS,
+    AdEncodingCache,
+    ContentAgent,
+    encode_batch,
+    score_batch,
+    untrained_model,
+)
 
 
 @pytest.fixture
@@ -115,14 +124,48 @@ def test_encode_batch_pads_and_masks(agent: ContentAgent) -> None:
     batch = [_request("r1", 2), _request("r2", 4)]
     contexts = [devices.request_context(r) for r in batch]
 
-    context, ads, mask = encode_batch(batch, contexts, AdEncodingCache())
+    encoded = encode_batch(batch, contexts, AdEncodingCache())
+    context, ads, mask = encoded.context, encoded.ads, encoded.mask
 
     assert context.shape == (2, CONTEXT_DIM)
     assert ads.shape == (2, 4, AD_DIM)
     assert mask.tolist() == [[True, True, False, False], [True] * 4]
+    assert encoded.ad_rows[0, 2:].tolist() == [-1, -1]
+    assert encoded.ad_rows[0, :2].tolist() == encoded.ad_rows[1, :2].tolist()
     assert not ads[0, 2:].any()
     expected = encode_ads([ad.features for ad in batch[1].candidates], [0, 0.9, 0, 0])
     np.testing.assert_array_equal(ads[1], expected)
+
+
+def test_score_batch_contextual_view_matches_scoring_each_request() -> None:
+    """Scoring alike requests once gives what scoring each of them would."""
+    model = _model()
+    batch = [
+        _request("r1", 3),
+        _request("r2", 3, user={"features": {"user_feature_0": "other"}}),
+        _request("r3", 5, timestamp="2024-07-05T01:00:00Z"),
+        _request("r4", 3, slots=[{"slot_id": "s", "position": 3}]),
+    ]
+    encoded = encode_batch(
+        batch, [devices.request_context(r) for r in batch], AdEncodingCache()
+    )
+
+    personal, contextual = score_batch(model, encoded)
+
+    plain_context = encoded.context.copy()
+    plain_context[:, USER_COLUMNS] = 0
+    plain_ads = encoded.ads.copy()
+    plain_ads[:, :, AD_DIM - 1] = 0
+    with torch.inference_mode():
+        expected_personal = model(
+            torch.from_numpy(encoded.context), torch.from_numpy(encoded.ads)
+        ).numpy()
+        expected_plain = model(
+            torch.from_numpy(plain_context), torch.from_numpy(plain_ads)
+        ).numpy()
+    np.testing.assert_allclose(personal, expected_personal, atol=1e-5)
+    np.testing.assert_allclose(contextual, expected_plain, atol=1e-5)
+    assert contextual[0] == pytest.approx(contextual[1])  # same but for the user
 
 
 def test_contextual_score_ignores_user_data(agent: ContentAgent) -> None:
@@ -193,3 +236,71 @@ def test_default_model_source_serves_untrained_net_without_weights(
 
     assert len(out.relevance) == 3
     assert agent.weights_version() is None
+
+
+@pytest.fixture(scope="module")
+def obd_log() -> BanditLog:
+    return load_obd("random", "all")
+
+
+def test_obd_rows_encode_as_the_trainer_encodes_them(obd_log: BanditLog) -> None:
+    """A replayed OBD request gives Content the trainer's exact model inputs.
+
+    The trainer (`rl.envs.obd`) encodes rows straight from the log; the agent
+    encodes the `AdRequest` the replay builds from the same row. Any difference
+    would mean the served network reads other columns than it was trained on.
+    """
+    with_affinity = np.flatnonzero(obd_log.affinity.any(axis=1))
+    rows = np.unique(np.r_[0, 1, obd_log.n_rounds - 1, with_affinity[:20]])
+    requests = [
+        AdRequest.model_validate(row_to_request(obd_log, int(i), "obd-all"))
+        for i in rows
+    ]
+    contexts = [devices.request_context(r) for r in requests]
+
+    encoded = encode_batch(requests, contexts, AdEncodingCache())
+
+    assert len(with_affinity) > 0
+    assert encoded.mask.all()
+    np.testing.assert_array_equal(encoded.context, obd_log.contexts[rows])
+    np.testing.assert_array_equal(encoded.ads, obd_log.ads(rows))
+
+
+def test_published_weights_serve_from_the_next_batch(settings: Settings) -> None:
+    """Promoting a version swaps the model between batches and reports it."""
+    client = fakeredis.FakeRedis()
+    store = WeightStore(client, settings)
+    serving = ServingModel(store, "content", untrained_model, check_every_s=0.0)
+    agent = ContentAgent(
+        settings,
+        client,
+        model_source=serving.current,
+        analyzer=FakeAnalyzer(),  # type: ignore[arg-type]
+    )
+    request = _request("r1", 3)
+    before = agent.decide([request], Upstream())[0].relevance
+    trained = ContentQNet().state_dict()
+    last = max(name.rsplit(".", 1)[0] for name in trained if name.startswith("head."))
+    trained[f"{last}.weight"].zero_()
+    trained[f"{last}.bias"].fill_(5.0)  # every ad scores 5.0
+    version = store.publish(
+        "content", trained, {"input_schema": ContentQNet.INPUT_SCHEMA}
+    )
+    store.set_serving("content", version)
+
+    after = agent.decide([request], Upstream())[0].relevance
+
+    assert agent.weights_version() == str(version)
+    assert after == pytest.approx({"a0": 5.0, "a1": 5.0, "a2": 5.0})
+    assert before != pytest.approx(after)
+
+
+def test_untrained_model_is_the_same_in_every_process() -> None:
+    """Before any weights exist, every worker serves identical (seeded) weights."""
+    first, second = untrained_model(), untrained_model()
+    state = torch.get_rng_state()
+
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name]), name
+    untrained_model()
+    assert torch.equal(state, torch.get_rng_state())  # global RNG untouched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import fakeredis
@@ -127,3 +128,21 @@ def test_run_falls_back_to_marked_defaults(
         None,
         False,
     )
+
+
+def test_no_raw_identifiers_reach_the_logs(
+    agent: ContextAgent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Logs of a batch (bots included) never carry user or device ids."""
+    request = _request(
+        "r1",
+        user={"id": "user-secret-42"},
+        device={"ua": GOOGLEBOT, "ifa": "ifa-secret-43"},
+    )
+
+    with caplog.at_level(logging.DEBUG):
+        agent.run([request], Upstream())
+
+    assert "bots" in caplog.text  # something was logged
+    assert "user-secret-42" not in caplog.text
+    assert "ifa-secret-43" not in caplog.text
