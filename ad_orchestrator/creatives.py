@@ -20,8 +20,12 @@ Each creative is analysed once: results are cached in Redis as JSON under the
 sha256 of its normalised text and URL, with a TTL, and a batch embeds all of its
 uncached creatives in one model call. Landing pages are fetched with a bounded
 client (http/https only, public addresses only unless allowed, a timeout, a size
-cap); a failed fetch is recorded in the result (`fetch_error`) and the analysis
-goes on with the text it has, so a slow page never blocks a decision.
+cap). A failed fetch is recorded in the result (`fetch_error`) and the analysis
+goes on with the text it has. An analysis waits at most `fetch_wait_s` for pages:
+a slower page finishes in the background while the creative is analysed from its
+title and body and cached briefly (`pending_ttl_s`), and the next analysis uses
+the page. So a slow landing page never holds up a decision; such a creative is
+read by the model twice, once without and once with its page.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import time
 import unicodedata
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -67,6 +71,8 @@ SENSITIVE_LINKS = {
 }
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 MAX_REDIRECTS = 3
+MAX_INFLIGHT = 1024
+FETCH_PENDING = "landing page still loading"
 
 MSG_FETCH_FAILED = "landing page %s not used: %s"
 MSG_CACHE_UNAVAILABLE = "creative cache unavailable, analysing without it: %s"
@@ -82,10 +88,15 @@ class CreativeConfig:
         fetch_max_bytes: Bytes of a page read at most; the rest is ignored.
         fetch_allow_private: Allow private, loopback and link-local addresses
             (tests and internal creatives only; never on the public internet).
-        fetch_workers: Landing pages fetched in parallel.
+        fetch_workers: Landing pages fetched in parallel (per process).
+        fetch_wait_s: Longest time an analysis waits for landing pages; a page
+            still loading then finishes in the background and is used by the
+            next analysis of its creative.
         cache_ttl_s: How long an analysis stays cached.
         error_ttl_s: How long an analysis whose fetch failed stays cached, so the
             page is tried again later.
+        pending_ttl_s: How long an analysis made while its page was still
+            loading stays cached.
         top_k: Topics kept per creative.
         topic_min_score: Least similarity for a linked category to raise a flag.
         safety_min_score: Least similarity to a Sensitive Topic to raise its flag.
@@ -96,8 +107,10 @@ class CreativeConfig:
     fetch_max_bytes: int = 1_000_000
     fetch_allow_private: bool = False
     fetch_workers: int = 4
+    fetch_wait_s: float = 0.1
     cache_ttl_s: int = 7 * 24 * 3600
     error_ttl_s: int = 600
+    pending_ttl_s: int = 5
     top_k: int = 10
     topic_min_score: float = 0.3
     safety_min_score: float = 0.35
@@ -404,6 +417,11 @@ class CreativeAnalyzer:
         self.hits = 0
         self.misses = 0
         self.analysed = 0
+        # Landing pages being fetched, by URL; the pool starts on first use, so
+        # after a worker forks.
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: dict[str, Future[str]] = {}
+        self._fetch_lock = threading.Lock()
 
     def cache_stats(self) -> dict[str, float]:
         """Return hits, misses, creatives read by the model, and the hit rate.
@@ -418,6 +436,16 @@ class CreativeAnalyzer:
             "analysed": self.analysed,
             "hit_rate": self.hits / total if total else 0.0,
         }
+
+    def wait_for_pages(self, timeout_s: float) -> bool:
+        """Wait for landing pages still loading; True if none is left loading.
+
+        For warm-ups (analysing a campaign's creatives before it serves) and
+        tests; decisions never wait longer than `fetch_wait_s`.
+        """
+        with self._fetch_lock:
+            loading = [f for f in self._inflight.values() if not f.done()]
+        return not wait(loading, timeout=timeout_s).not_done
 
     def analyse(self, creatives: Sequence[Creative]) -> list[CreativeAnalysis | None]:
         """Analyse creatives (None for those without text), in the given order.
@@ -472,7 +500,10 @@ class CreativeAnalyzer:
     def _pages(
         self, todo: dict[str, Creative]
     ) -> dict[str, tuple[str | None, str | None]]:
-        # Only creatives with a landing page and no HTML given need a fetch.
+        # Only creatives with a landing page and no HTML given need a fetch. A page
+        # still loading after `fetch_wait_s` is left to finish in the background;
+        # the creative is analysed from its title and body meanwhile, cached
+        # briefly, and the finished page is used by the next analysis.
         wanted = {
             key: c.landing_url
             for key, c in todo.items()
@@ -480,20 +511,36 @@ class CreativeAnalyzer:
         }
         if not wanted:
             return {}
+        futures = {key: self._fetch(url) for key, url in wanted.items()}
+        wait(futures.values(), timeout=self.config.fetch_wait_s)
         pages: dict[str, tuple[str | None, str | None]] = {}
-        workers = max(1, min(self.config.fetch_workers, len(wanted)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="fetch") as pool:
-            futures = {
-                key: pool.submit(fetch_page, url, self.config)
-                for key, url in wanted.items()
-            }
-            for key, future in futures.items():
-                try:
-                    pages[key] = (future.result(), None)
-                except FetchError as error:
-                    log.info(MSG_FETCH_FAILED, urlsplit(wanted[key]).hostname, error)
-                    pages[key] = (None, str(error))
+        for key, future in futures.items():
+            url = wanted[key]
+            if not future.done():
+                pages[key] = (None, FETCH_PENDING)
+                continue
+            self._inflight.pop(url, None)
+            try:
+                pages[key] = (future.result(), None)
+            except FetchError as error:
+                log.info(MSG_FETCH_FAILED, urlsplit(url).hostname, error)
+                pages[key] = (None, str(error))
         return pages
+
+    def _fetch(self, url: str) -> Future[str]:
+        with self._fetch_lock:
+            future = self._inflight.get(url)
+            if future is None:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        self.config.fetch_workers, thread_name_prefix="landing-page"
+                    )
+                if len(self._inflight) >= MAX_INFLIGHT:
+                    for done in [u for u, f in self._inflight.items() if f.done()]:
+                        del self._inflight[done]
+                future = self._pool.submit(fetch_page, url, self.config)
+                self._inflight[url] = future
+            return future
 
     def _categories(self) -> np.ndarray:
         if self._category_vectors is None:
@@ -544,7 +591,11 @@ class CreativeAnalyzer:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for key, result in results.items():
-                ttl = self.config.error_ttl_s if result.fetch_error else None
+                ttl = None
+                if result.fetch_error == FETCH_PENDING:
+                    ttl = self.config.pending_ttl_s
+                elif result.fetch_error:
+                    ttl = self.config.error_ttl_s
                 pipe.set(
                     self._key(key), result.to_json(), ex=ttl or self.config.cache_ttl_s
                 )

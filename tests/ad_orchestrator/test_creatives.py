@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from ad_orchestrator.creatives import (
+    FETCH_PENDING,
     CreativeAnalysis,
     CreativeAnalyzer,
     CreativeConfig,
@@ -31,7 +32,7 @@ from ad_orchestrator.creatives import (
 from ad_orchestrator.schemas import Creative
 from ad_orchestrator.settings import Settings, load_settings
 
-LOCAL = CreativeConfig(fetch_allow_private=True, fetch_timeout_s=2.0)
+LOCAL = CreativeConfig(fetch_allow_private=True, fetch_timeout_s=2.0, fetch_wait_s=2.0)
 PAGE = """<html><head><title>Summer Lager</title><script>var track = 1;</script>
 </head><body><nav>Home | Shop | Cart</nav><article><h1>Our summer lager</h1>
 <p>Brewed with local hops and malted barley, our crisp golden lager is the beer
@@ -274,7 +275,7 @@ def test_brand_safety_flags(
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-        if self.path == "/slow":
+        if self.path.startswith("/slow"):
             time.sleep(3)
         if self.path == "/redirect-out":
             self.send_response(302)
@@ -378,8 +379,9 @@ def test_failed_fetch_is_marked_and_the_title_still_analysed(
 ) -> None:
     """A page that cannot be fetched sets `fetch_error`; the title is analysed."""
     client = fakeredis.FakeRedis()
+    config = CreativeConfig(fetch_wait_s=2.0)
     analyzer = CreativeAnalyzer(
-        settings, client, embedder=CountingEmbedder(), config=CreativeConfig()
+        settings, client, embedder=CountingEmbedder(), config=config
     )
     creative = Creative(title="Cold lager", landing_url=f"{server}/page")
 
@@ -390,3 +392,32 @@ def test_failed_fetch_is_marked_and_the_title_still_analysed(
     assert result.topics and result.text_chars == len("Cold lager")
     ttl = client.ttl(settings.key("creative", result.key))
     assert 0 < ttl <= CreativeConfig().error_ttl_s
+
+
+def test_a_slow_page_never_holds_up_the_analysis(
+    server: str, settings: Settings
+) -> None:
+    """Past `fetch_wait_s` the title is analysed now and the page used later."""
+    client = fakeredis.FakeRedis()
+    config = CreativeConfig(
+        fetch_allow_private=True, fetch_timeout_s=10.0, fetch_wait_s=0.2
+    )
+    embedder = CountingEmbedder()
+    analyzer = CreativeAnalyzer(settings, client, embedder=embedder, config=config)
+    creative = Creative(title="Summer", landing_url=f"{server}/slow-page")
+    started = time.monotonic()
+
+    [early] = analyzer.analyse([creative])
+
+    assert time.monotonic() - started < 2.0  # the page takes 3 s
+    assert early is not None and early.fetch_error == FETCH_PENDING
+    assert early.text_chars == len("Summer")
+    key = settings.key("creative", early.key)
+    assert 0 < client.ttl(key) <= config.pending_ttl_s
+    assert analyzer.wait_for_pages(10.0)
+    client.delete(key)  # as if the short TTL had passed
+
+    [late] = analyzer.analyse([creative])
+
+    assert late is not None and late.fetch_error is None
+    assert late.text_chars > len("Summer")
