@@ -331,3 +331,34 @@ def test_every_no_bid_reason_has_a_code() -> None:
     """The nbr table covers every no-bid reason of the schema."""
     assert set(NBR_CODES) == set(get_args(NoBidReason))
     assert nbr_code(None) == 0
+
+
+# Through the service ---------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", VALID, ids=_name)
+def test_valid_request_gets_a_decision_and_a_bid_response(
+    celery_worker: Any, path: Path
+) -> None:
+    """Each valid request is decided by the real worker and answered in OpenRTB."""
+    from ad_orchestrator.client import decide
+
+    data = json.loads(path.read_text())
+    request = bid_request_to_ad_request(data)
+
+    decision = decide(request, timeout=120)  # the first loads the sentence model
+    response = decision_to_bid_response(
+        decision, data, {ad.ad_id: ad for ad in request.candidates}
+    )
+
+    assert decision.request_id == data["id"]
+    assert not decision.fallback
+    assert "policy" not in decision.agent_fallbacks
+    assert response["id"] == data["id"]
+    if decision.outcome == "bid":
+        bid = response["seatbid"][0]["bid"][0]
+        assert bid["impid"] in [imp["id"] for imp in data["imp"]]
+        assert bid["adid"] == decision.ad_id
+    else:
+        assert response["nbr"] == nbr_code(decision.no_bid_reason)
