@@ -42,6 +42,7 @@ from policies.schema import RestrictedCategory, RuleSet, country_alpha2
 log = logging.getLogger(__name__)
 
 FAIL_CLOSED = "policy.fail_closed"
+CACHE_LIMIT = 50_000  # distinct category lists kept per process
 
 
 @dataclass(frozen=True)
@@ -133,15 +134,19 @@ class PolicyEngine:
                 else set(rule.categories)
             )
             self._restricted.append((rule, frozenset(ids)))
+        # Per-process caches: the same few category lists recur on every request.
         self._labels: dict[tuple[str, ...], frozenset[str]] = {}
+        self._restricted_by_labels: dict[frozenset[str], list[RestrictedCategory]] = {}
 
     # Categories --------------------------------------------------------------
 
     def labels(self, categories: Iterable[str]) -> frozenset[str]:
         """Return an ad's category ids plus the ids they map to in other taxonomies."""
-        key = tuple(sorted(categories))
+        key = tuple(categories)
         found = self._labels.get(key)
         if found is None:
+            if len(self._labels) >= CACHE_LIMIT:
+                self._labels.clear()
             ids = set(key)
             for category in key:
                 ids |= self.taxonomy.mapped.get(category, set())
@@ -150,18 +155,23 @@ class PolicyEngine:
 
     def restricted_of(self, labels: frozenset[str]) -> list[RestrictedCategory]:
         """Return the restricted categories an ad with these labels falls under."""
-        return [rule for rule, ids in self._restricted if labels & ids]
+        found = self._restricted_by_labels.get(labels)
+        if found is None:
+            if len(self._restricted_by_labels) >= CACHE_LIMIT:
+                self._restricted_by_labels.clear()
+            found = [rule for rule, ids in self._restricted if labels & ids]
+            self._restricted_by_labels[labels] = found
+        return found
 
     def _ad_labels(
         self, ad: CandidateAd, content: ContentOutput | None
     ) -> frozenset[str]:
-        categories = list(ad.categories)
         settings = self.rules.content_topics
-        if content is not None and settings.use_content_topics:
-            for topic in content.topics.get(ad.ad_id, []):
-                if topic.score >= settings.min_score:
-                    categories.append(topic.category)
-        return self.labels(categories)
+        topics = content.topics.get(ad.ad_id) if content is not None else None
+        if not topics or not settings.use_content_topics:
+            return self.labels(ad.categories)
+        found = [t.category for t in topics if t.score >= settings.min_score]
+        return self.labels([*ad.categories, *found])
 
     # Consent -----------------------------------------------------------------
 
@@ -284,19 +294,21 @@ class PolicyEngine:
         for ad in request.candidates:
             labels = self._ad_labels(ad, content)
             findings: list[Finding] = []
-            hit = sorted(labels & blocked_categories)
+            hit = labels & blocked_categories if blocked_categories else None
             if hit:
-                findings.append(Finding("block.bcat", f"categories {hit} are in bcat"))
+                findings.append(
+                    Finding("block.bcat", f"categories {sorted(hit)} are in bcat")
+                )
             if _domain_blocked(ad.advertiser_domain, blocked_domains):
                 findings.append(
                     Finding("block.badv", f"advertiser {ad.advertiser_domain} in badv")
                 )
-            bundle = ad.features.get("app_bundle")
+            bundle = ad.features.get("app_bundle") if blocked_apps else None
             if isinstance(bundle, str) and bundle in blocked_apps:
                 findings.append(Finding("block.bapp", f"app {bundle} is in bapp"))
             for rule in self.restricted_of(labels):
                 findings.extend(self._restricted_findings(rule, coppa, country, age))
-            for cap in caps_reached.get(ad.campaign_id, []):
+            for cap in caps_reached.get(ad.campaign_id, ()) if caps_reached else ():
                 findings.append(
                     Finding(
                         f"frequency_cap.{cap}",
