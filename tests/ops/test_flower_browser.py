@@ -92,13 +92,15 @@ def flower_stack(
 def test_flower_refuses_requests_without_the_password(
     flower_stack: tuple[str, WorkerProcess],
 ) -> None:
-    """Basic auth from settings guards every page; the right password opens it."""
+    """Basic auth from settings guards the pages; the right password opens them."""
     url, _worker = flower_stack
 
     def status(auth: tuple[str, str] | None) -> int:
         return httpx.get(f"{url}/workers", auth=auth, timeout=5).status_code
 
     assert status(None) == 401
+    # Flower's health endpoint stays open, for the Kubernetes probes.
+    assert httpx.get(f"{url}/healthcheck", timeout=5).status_code == 200
     assert status((USER, "wrong")) == 401
     assert status((USER, PASSWORD)) == 200
 
