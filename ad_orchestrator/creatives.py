@@ -483,6 +483,14 @@ class CreativeAnalyzer:
             "hit_rate": self.hits / total if total else 0.0,
         }
 
+    def warm_up(self) -> None:
+        """Load the sentence model and embed the taxonomy now, not on first use.
+
+        Takes seconds; a worker that serves text creatives calls it (for example
+        in a background thread at start) so the first such batch does not wait.
+        """
+        self._categories()
+
     def wait_for_pages(self, timeout_s: float) -> bool:
         """Wait for landing pages still loading; True if none is left loading.
 

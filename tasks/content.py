@@ -24,6 +24,7 @@ start of every batch, so a promoted version serves from the next batch on.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ AD_CACHE_SIZE = 100_000
 TOPICS_PER_AD = 5
 
 MSG_ANALYSIS_FAILED = "content: creative analysis failed, scores kept: %s"
+MSG_WARM_UP_FAILED = "content: loading the sentence model early failed: %s"
 
 AdKey = tuple[str, tuple[tuple[str, str | float], ...]]
 
@@ -212,7 +214,9 @@ class ContentAgent(Agent[ContentOutput]):
         client: Redis for the weight store and the creative-analysis cache.
         model_source: Returns `(module, version)` for the next batch; defaults to a
             `ServingModel` over the weight store (tests pass their own).
-        analyzer: Creative understanding; defaults to one on `client`.
+        analyzer: Creative understanding; defaults to one on `client`. With the
+            setting `creative_preload` on, its model loads in the background at
+            start.
     """
 
     name = "content"
@@ -235,6 +239,18 @@ class ContentAgent(Agent[ContentOutput]):
         self._version: str | None = None
         self.ads = AdEncodingCache()
         self.analyzer = analyzer or CreativeAnalyzer(settings, client)
+        if getattr(settings, "creative_preload", False):
+            # Text creatives expected: load the sentence model while the first
+            # batches are scored, instead of inside the first one that needs it.
+            threading.Thread(
+                target=self._warm_up, name="creative-warm-up", daemon=True
+            ).start()
+
+    def _warm_up(self) -> None:
+        try:
+            self.analyzer.warm_up()
+        except Exception as error:  # noqa: BLE001 - decide() retries the load
+            log.warning(MSG_WARM_UP_FAILED, f"{type(error).__name__}: {error}")
 
     def weights_version(self) -> str | None:
         """Return the version of the model that scored the last batch."""

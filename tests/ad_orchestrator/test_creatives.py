@@ -467,3 +467,14 @@ def test_a_slow_page_never_holds_up_the_analysis(
 
     assert late is not None and late.fetch_error is None
     assert late.text_chars > len("Summer")
+
+
+def test_warm_up_embeds_the_taxonomy_once(settings: Settings) -> None:
+    """After a warm-up, analysing reads only the creatives, not the taxonomy."""
+    embedder = CountingEmbedder()
+    analyzer = CreativeAnalyzer(settings, None, embedder=embedder)
+
+    analyzer.warm_up()
+    analyzer.analyse([Creative(title="Cold lager")])
+
+    assert [len(call) for call in embedder.calls] == [len(load_categories()), 1]
