@@ -24,8 +24,6 @@ Library choices:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 from collections.abc import Mapping
@@ -347,20 +345,6 @@ def default_context(request: AdRequest) -> RequestContext:
     return RequestContext(fields, DeviceInfo(), None, when, "utc")
 
 
-# Privacy ----------------------------------------------------------------------------
-
-
-def hash_id(value: str | None, salt: bytes) -> str | None:
-    """Return a keyed hash (HMAC-SHA256, 16 hex digits) of an identifier for logs.
-
-    Raw user and device identifiers and IP addresses never reach a log; this is
-    what may be logged instead (`salt` is `settings.secret("id_salt")`).
-    """
-    if value is None:
-        return None
-    return hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:16]
-
-
 __all__ = [
     "DeviceInfo",
     "RequestContext",
@@ -369,7 +353,6 @@ __all__ = [
     "default_context",
     "describe_device",
     "device_from_sua",
-    "hash_id",
     "local_time",
     "normalise_country",
     "parse_user_agent",

@@ -244,13 +244,3 @@ def test_default_context_uses_utc_and_unknowns() -> None:
 def test_age_from_yob(yob: int | None, age: int | None) -> None:
     """Age is the request year minus yob; impossible ages are unknown."""
     assert devices.age_from_yob(yob, datetime(2024, 6, 1, tzinfo=UTC)) == age
-
-
-def test_hash_id_is_keyed_and_never_the_raw_value() -> None:
-    """Hashed ids depend on the salt and do not contain the identifier."""
-    first = devices.hash_id("user-123", b"salt-a")
-
-    assert first is not None and "user-123" not in first
-    assert first == devices.hash_id("user-123", b"salt-a")
-    assert first != devices.hash_id("user-123", b"salt-b")
-    assert devices.hash_id(None, b"salt-a") is None
