@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import redis
+from celery import signals
 
+from ad_orchestrator.errors import ConfigError
 from ad_orchestrator.schemas import AdRequest, PolicyOutput
 from ad_orchestrator.settings import Settings
 from policies import build_engine, fail_closed
@@ -28,6 +31,7 @@ from tasks.base import Agent, Upstream
 log = logging.getLogger(__name__)
 
 MSG_REQUEST_FAILED = "policy failed closed for request %s: %s"
+MSG_BAD_RULES = "refusing to start: the policy rules are invalid: %s"
 
 
 class PolicyAgent(Agent[PolicyOutput]):
@@ -76,3 +80,22 @@ class PolicyAgent(Agent[PolicyOutput]):
 from ad_orchestrator.app import agent_task  # noqa: E402 - after the class
 
 task = agent_task(PolicyAgent)
+
+
+@signals.worker_init.connect
+def refuse_to_start_with_bad_rules(sender: Any = None, **_: Any) -> None:
+    """Stop a worker whose rule files are invalid before it takes any task.
+
+    Celery logs and ignores ordinary exceptions raised by signal handlers, so a
+    broken rule file would otherwise leave a worker that starts, reports ready
+    and fails every Policy task. `SystemExit` is not swallowed: the worker exits
+    with the error instead.
+    """
+    from ad_orchestrator.app import app  # noqa: PLC0415 - the configured app
+
+    settings: Settings = app.adorch_settings
+    try:
+        build_engine(settings)
+    except ConfigError as error:
+        log.critical(MSG_BAD_RULES, error)
+        raise SystemExit(f"adorch worker: {error}") from None

@@ -194,3 +194,19 @@ def test_duplicate_rule_ids_across_files_are_refused(
     broken = settings.model_copy(update={"policies_dir": tmp_path})
     with pytest.raises(ConfigError, match=r"`daily` is already defined in .*frequency"):
         PolicyAgent(broken, fakeredis.FakeRedis())
+
+
+def test_worker_start_is_refused_with_bad_rules(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker_init hook exits the worker (SystemExit) on an invalid rule file."""
+    from ad_orchestrator.app import app
+    from tasks.policy import refuse_to_start_with_bad_rules
+
+    (tmp_path / "bad.yaml").write_text("version: 2\n")
+    broken = settings.model_copy(update={"policies_dir": tmp_path})
+    monkeypatch.setattr(app, "adorch_settings", broken, raising=False)
+    with pytest.raises(SystemExit, match=r"bad\.yaml is invalid: `version`"):
+        refuse_to_start_with_bad_rules()
+    monkeypatch.setattr(app, "adorch_settings", settings, raising=False)
+    refuse_to_start_with_bad_rules()  # the shipped rules start fine
