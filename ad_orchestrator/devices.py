@@ -198,9 +198,6 @@ def local_time(
     return when.astimezone(UTC), "utc"
 
 
-UTC = UTC
-
-
 # User agents ------------------------------------------------------------------------
 
 
@@ -253,11 +250,12 @@ def device_from_sua(sua: Mapping[str, Any]) -> DeviceInfo | None:
     platform = sua.get("platform") or {}
     os_name = platform.get("brand") if isinstance(platform, Mapping) else None
     browser = None
+    is_bot = False
     for entry in sua.get("browsers") or []:
         brand = entry.get("brand") if isinstance(entry, Mapping) else None
         if isinstance(brand, str) and not _SUA_GREASE.search(brand):
-            browser = brand
-            break
+            browser = browser or brand
+            is_bot = is_bot or bool(_BOT_WORDS.search(brand))
     mobile = sua.get("mobile")
     os_key = os_name.lower() if isinstance(os_name, str) else ""
     if mobile == 1:
@@ -270,15 +268,16 @@ def device_from_sua(sua: Mapping[str, Any]) -> DeviceInfo | None:
         device_class = "unknown"
     if device_class == "unknown" and os_name is None and browser is None:
         return None
-    return DeviceInfo(device_class, os_name, browser, False, "sua")
+    return DeviceInfo(device_class, os_name, browser, is_bot, "sua")
 
 
 def describe_device(device: DeviceContext) -> DeviceInfo:
     """Combine devicetype, `sua` and the UA string into one `DeviceInfo`.
 
     The device class comes from OpenRTB `devicetype` when given, else from `sua`
-    (structured, so preferred), else from the UA string. Bot detection needs the
-    UA string: crawlers do not send client hints.
+    (structured, so preferred), else from the UA string. Bots are found mostly by
+    the UA string (crawlers seldom send client hints); a headless browser brand
+    in `sua` counts too.
     """
     from_ua = parse_user_agent(device.ua) if device.ua else None
     from_sua = device_from_sua(device.sua) if device.sua else None
@@ -286,7 +285,7 @@ def describe_device(device: DeviceContext) -> DeviceInfo:
     device_class, source = best.device_class, best.source
     if device.device_type in OPENRTB_DEVICE_TYPE:
         device_class, source = OPENRTB_DEVICE_TYPE[device.device_type], "devicetype"
-    is_bot = from_ua.is_bot if from_ua is not None else False
+    is_bot = any(info is not None and info.is_bot for info in (from_ua, from_sua))
     if is_bot:
         device_class = "other"
     if device_class not in DEVICE_CLASSES:

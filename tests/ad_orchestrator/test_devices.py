@@ -178,6 +178,15 @@ def test_device_from_sua(
     )
 
 
+def test_headless_browser_brand_in_sua_is_a_bot() -> None:
+    """A HeadlessChrome brand in client hints marks the device as a bot."""
+    sua = {"browsers": [{"brand": "HeadlessChrome"}], "platform": {"brand": "Linux"}}
+
+    info = devices.describe_device(DeviceContext(sua=sua))
+
+    assert (info.is_bot, info.device_class) == (True, "other")
+
+
 def test_describe_device_prefers_devicetype_then_sua_then_ua() -> None:
     """devicetype beats sua, sua beats the UA string, and bots stay bots."""
     sua = {"platform": {"brand": "Android"}, "mobile": 1}
