@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -9,7 +10,14 @@ import fakeredis
 import pytest
 
 from ad_orchestrator import devices
-from ad_orchestrator.features import CONTEXT_DIM, ContextFields, encode_context
+from ad_orchestrator.errors import RequestValidationError
+from ad_orchestrator.features import (
+    CONTEXT_DIM,
+    DEVICE_CLASSES,
+    ContextFields,
+    encode_context,
+)
+from ad_orchestrator.openrtb import bid_request_to_ad_request
 from ad_orchestrator.schemas import AdRequest
 from ad_orchestrator.settings import Settings, load_settings
 from tasks.base import Upstream
@@ -19,6 +27,7 @@ DESKTOP = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 )
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "openrtb"
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
 
@@ -146,3 +155,33 @@ def test_no_raw_identifiers_reach_the_logs(
     assert "bots" in caplog.text  # something was logged
     assert "user-secret-42" not in caplog.text
     assert "ifa-secret-43" not in caplog.text
+
+
+def _openrtb_examples() -> list[tuple[str, AdRequest]]:
+    found = []
+    for path in sorted(FIXTURES.glob("*/*.json")):
+        try:
+            request = bid_request_to_ad_request(json.loads(path.read_text()))
+        except RequestValidationError:
+            continue  # the adapter's own tests cover the rejected ones
+        found.append((path.name.split(".")[0], request))
+    return found
+
+
+OPENRTB_EXAMPLES = _openrtb_examples()
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [request for _, request in OPENRTB_EXAMPLES],
+    ids=[name for name, _ in OPENRTB_EXAMPLES],
+)
+def test_every_openrtb_example_gets_a_context(
+    agent: ContextAgent, request_: AdRequest
+) -> None:
+    """Real OpenRTB requests (spec examples, Prebid fixtures) decide without error."""
+    [out] = agent.decide([request_], Upstream())
+
+    assert out.device_class in DEVICE_CLASSES
+    assert out.country is None or len(out.country) == 2
+    assert len(out.vector) == CONTEXT_DIM
