@@ -36,7 +36,12 @@ from ad_orchestrator.schemas import (
 )
 from ad_orchestrator.taxonomy import Taxonomy
 from policies import tcf
-from policies.privacy import PrivacySignalError, parse_gpp, us_privacy_opt_out
+from policies.privacy import (
+    GPP_TCF_EU,
+    PrivacySignalError,
+    parse_gpp,
+    us_privacy_opt_out,
+)
 from policies.schema import RestrictedCategory, RuleSet, country_alpha2
 
 log = logging.getLogger(__name__)
@@ -176,17 +181,34 @@ class PolicyEngine:
     # Consent -----------------------------------------------------------------
 
     def consent(self, request: AdRequest, country: str | None) -> list[Finding]:
-        """Return the consent rules that forbid personalisation (empty: allowed)."""
+        """Return the consent rules that forbid personalisation (empty: allowed).
+
+        GDPR applies when `regs.gdpr` says so; when the request does not say, when
+        `gpp_sid` lists the TCF EU section (2) or the user is in a GDPR country.
+        The TC string is `user.consent`, or the GPP string's TCF EU section. With
+        `gpp_sid` given, only the GPP sections it lists are in force.
+        """
         rules = self.rules.consent
         privacy = request.privacy
         found: list[Finding] = []
         if privacy.coppa:
             found.append(Finding("consent.coppa", "COPPA applies (regs.coppa=1)"))
+        gpp, gpp_problem = None, None
+        if privacy.gpp:
+            try:
+                gpp = parse_gpp(privacy.gpp)
+            except PrivacySignalError as error:
+                gpp_problem = Finding("consent.gpp.invalid", str(error))
         gdpr = privacy.gdpr
-        if gdpr is None and country is not None:
-            gdpr = country in rules.gdpr_countries
+        if gdpr is None:
+            gdpr = GPP_TCF_EU in privacy.gpp_sid or (
+                country is not None and country in rules.gdpr_countries
+            )
         if gdpr:
-            found.extend(self._tcf(privacy.tcf_consent))
+            consent = privacy.tcf_consent
+            if not consent and gpp is not None:
+                consent = gpp.sections.get(GPP_TCF_EU)
+            found.extend(self._tcf(consent))
         if rules.honour_us_privacy and privacy.us_privacy:
             try:
                 if us_privacy_opt_out(privacy.us_privacy):
@@ -198,22 +220,23 @@ class PolicyEngine:
                     )
             except PrivacySignalError as error:
                 found.append(Finding("consent.us_privacy.invalid", str(error)))
-        if rules.honour_gpp and privacy.gpp:
-            try:
-                gpp = parse_gpp(privacy.gpp)
-                if gpp.opted_out:
-                    sections = sorted(
-                        sid for sid, f in gpp.opt_outs.items() if any(f.values())
+        if rules.honour_gpp and gpp_problem is not None:
+            found.append(gpp_problem)
+        elif rules.honour_gpp and gpp is not None:
+            in_force = set(privacy.gpp_sid) or set(gpp.section_ids)
+            sections = sorted(
+                sid
+                for sid, fields in gpp.opt_outs.items()
+                if sid in in_force and any(fields.values())
+            )
+            if sections:
+                found.append(
+                    Finding(
+                        "consent.gpp.opt_out",
+                        f"GPP section(s) {sections} opt out of sale, sharing or "
+                        "targeted advertising",
                     )
-                    found.append(
-                        Finding(
-                            "consent.gpp.opt_out",
-                            f"GPP section(s) {sections} opt out of sale, sharing "
-                            "or targeted advertising",
-                        )
-                    )
-            except PrivacySignalError as error:
-                found.append(Finding("consent.gpp.invalid", str(error)))
+                )
         return found
 
     def _tcf(self, consent: str | None) -> list[Finding]:

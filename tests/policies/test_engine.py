@@ -19,6 +19,11 @@ from ad_orchestrator.settings import load_settings
 from policies import PolicyEngine, build_engine
 from policies.engine import age_at
 
+# GPP with a TCF EU section (no purposes 1/3/4) and US Privacy 1NYN (opted out).
+GPP_USP_OPT_OUT = "DBACNYA~CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA~1NYN"
+# GPP with only a TCF EU section: the TC string that consents for vendor 423.
+GPP_TCF_423 = "DBABMA~" + TCF_CONSENT_423
+
 
 @pytest.fixture(scope="module")
 def engine() -> PolicyEngine:
@@ -180,6 +185,21 @@ def test_coppa_denies_restricted_and_personalisation(engine: PolicyEngine) -> No
         ({"us_privacy": "1---"}, "US", True, None),
         ({"us_privacy": "bogus"}, "US", False, "consent.us_privacy.invalid"),
         ({"gpp": "not-gpp"}, "US", False, "consent.gpp.invalid"),
+        ({"gpp": GPP_USP_OPT_OUT}, "US", False, "consent.gpp.opt_out"),
+        (
+            {"gpp": GPP_USP_OPT_OUT, "gpp_sid": [2]},
+            "US",
+            False,
+            "consent.gdpr.purposes",
+        ),
+        ({"gpp": GPP_USP_OPT_OUT, "gpp_sid": [6]}, "US", False, "consent.gpp.opt_out"),
+        ({"gpp": GPP_TCF_423, "gpp_sid": [2]}, None, True, None),
+        (
+            {"gpp": GPP_TCF_423, "gpp_sid": [2], "tcf_consent": TCF_NO_CONSENT},
+            None,
+            False,
+            "consent.gdpr.purposes",
+        ),
     ],
     ids=[
         "none",
@@ -196,6 +216,11 @@ def test_coppa_denies_restricted_and_personalisation(engine: PolicyEngine) -> No
         "usp-na",
         "usp-invalid",
         "gpp-invalid",
+        "gpp-usp-opt-out",
+        "gpp-sid-2-only",
+        "gpp-sid-6",
+        "gpp-tcf-section",
+        "user-consent-wins-over-gpp",
     ],
 )
 def test_consent_decides_personalisation(
@@ -263,3 +288,13 @@ def test_frequency_caps_deny_the_campaign(engine: PolicyEngine) -> None:
     request = make_request(country="GB", yob=1980)
     out = engine.evaluate(request, caps_reached={"auto-launch": ["daily"]}).to_output()
     assert out.denied == {"car-1": ["frequency_cap.daily"]}
+
+
+def test_gpp_sections_outside_gpp_sid_are_not_in_force(engine: PolicyEngine) -> None:
+    """With gpp_sid [2], the US Privacy section's opt-out does not apply."""
+    request = make_request(
+        ads=[PLAIN_AD], country="US", privacy={"gpp": GPP_USP_OPT_OUT, "gpp_sid": [2]}
+    )
+    fired = engine.evaluate(request).to_output().rules_fired
+    assert "consent.gpp.opt_out" not in fired
+    assert "consent.gdpr.purposes" in fired
