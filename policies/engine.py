@@ -15,8 +15,13 @@ are checked (every rule that applies is recorded, not only the first):
 | `age.<category>` | the user is younger than the category's age for the country |
 | `frequency_cap.<cap>` | the user saw the campaign `max_impressions` times already |
 
-Consent rules (`consent.*`) deny no ad; they switch personalisation off and are
-recorded in `rules_fired`. Age comes from `user.yob` as the youngest the user can be
+Consent rules deny no ad; they switch personalisation off (contextual decisions
+only) and are recorded in `rules_fired`: `consent.coppa`; under GDPR
+`consent.gdpr.missing`, `.undecodable`, `.unsupported_version` (TCF v1.1),
+`.purposes` (a required purpose lacks consent) and `.vendor` (our vendor lacks
+consent, or a publisher restriction rules it out); `consent.us_privacy.opt_out` and
+`.invalid`; `consent.gpp.opt_out` and `.invalid`. A signal that cannot be read
+counts as no consent. Age comes from `user.yob` as the youngest the user can be
 at the request's time (`year - yob - 1`), because the birthday is unknown and a rule
 with a minimum age must not be satisfied by a guess in the user's favour.
 """

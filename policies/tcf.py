@@ -189,16 +189,18 @@ class TCString:
     def vendor_may_use(self, vendor_id: int, purposes: list[int]) -> bool:
         """Say whether a vendor has consent for itself and for every purpose.
 
-        A publisher restriction of type "not allowed" for a purpose and vendor
-        removes that purpose for the vendor, whatever the consent bits say.
+        A publisher restriction for a purpose and vendor of type "not allowed",
+        or "require legitimate interest" (which rules consent out as the legal
+        basis), removes that purpose for the vendor, whatever the consent bits say.
         """
         if self.version < 2 or vendor_id not in self.vendor_consents:
             return False
         for purpose in purposes:
             if purpose not in self.purpose_consents:
                 return False
-            if vendor_id in self.restricted_vendors(purpose, RESTRICTION_NOT_ALLOWED):
-                return False
+            for kind in (RESTRICTION_NOT_ALLOWED, RESTRICTION_REQUIRE_LI):
+                if vendor_id in self.restricted_vendors(purpose, kind):
+                    return False
         return True
 
 

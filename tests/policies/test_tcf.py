@@ -23,14 +23,23 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import iab_tcf
 import pytest
 
-from policies.tcf import TCFDecodeError, TCString, decode, detect_version
+from policies.tcf import (
+    RESTRICTION_NOT_ALLOWED,
+    RESTRICTION_REQUIRE_CONSENT,
+    RESTRICTION_REQUIRE_LI,
+    PublisherRestriction,
+    TCFDecodeError,
+    TCString,
+    decode,
+    detect_version,
+)
 
 VECTORS_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "tcf_vectors.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())
@@ -252,3 +261,49 @@ def test_iab_tcf_package_accepts_malformed_strings(vector_id: str) -> None:
     with pytest.raises(TCFDecodeError):
         decode(text)
     assert iab_tcf.decode(text).version == 2
+
+
+def _consent(*restrictions: PublisherRestriction) -> TCString:
+    stamp = datetime(2026, 1, 1, tzinfo=UTC)
+    return TCString(
+        version=2,
+        created=stamp,
+        last_updated=stamp,
+        cmp_id=1,
+        cmp_version=1,
+        consent_screen=1,
+        consent_language="EN",
+        vendor_list_version=100,
+        purpose_consents={1, 2, 3, 4},
+        vendor_consents={423},
+        publisher_restrictions=list(restrictions),
+    )
+
+
+@pytest.mark.parametrize(
+    ("restriction", "allowed"),
+    [
+        (None, True),
+        (PublisherRestriction(3, RESTRICTION_NOT_ALLOWED, {423}), False),
+        (PublisherRestriction(4, RESTRICTION_REQUIRE_LI, {423}), False),
+        (PublisherRestriction(3, RESTRICTION_REQUIRE_CONSENT, {423}), True),
+        (PublisherRestriction(3, RESTRICTION_NOT_ALLOWED, {7}), True),
+        (PublisherRestriction(2, RESTRICTION_NOT_ALLOWED, {423}), True),
+    ],
+    ids=[
+        "none",
+        "not-allowed",
+        "require-li",
+        "require-consent",
+        "other-vendor",
+        "other-purpose",
+    ],
+)
+def test_vendor_may_use_honours_publisher_restrictions(
+    restriction: PublisherRestriction | None, allowed: bool
+) -> None:
+    """A restriction forbidding consent-based use of a required purpose denies it."""
+    tc = _consent(*([restriction] if restriction else []))
+    assert tc.vendor_may_use(423, [1, 3, 4]) is allowed
+    assert tc.vendor_may_use(424, [1, 3, 4]) is False
+    assert tc.vendor_may_use(423, [1, 5]) is False
