@@ -141,6 +141,11 @@ def runtime() -> Runtime:
 @signals.worker_process_init.connect
 def _build_after_fork(**_: Any) -> None:
     # Models and connections are made in the child, never inherited across fork.
+    # One intra-op thread per child: the pool already runs one child per core, and
+    # torch's default of one thread per core in every child oversubscribes them.
+    import torch
+
+    torch.set_num_threads(1)
     current = runtime()
     for module in AGENT_MODULES:
         agent_cls = getattr(__import__(module, fromlist=["task"]), "AGENT_CLASS", None)
@@ -193,9 +198,8 @@ def advance(self: Task, results: list[dict[str, Any]], state: dict[str, Any]) ->
     upstream.update({result["agent"]: result for result in results})
     following = dict(state, upstream=upstream, level=state["level"] + 1)
     options = task_options(state.get("deadline"), runtime().settings.queue)
-    raise self.replace(
-        level_chord(app, runtime().graph, following["level"], following, options)
-    )
+    graph = PROBE_GRAPH if state.get("probe") else runtime().graph
+    raise self.replace(level_chord(app, graph, following["level"], following, options))
 
 
 @app.task(name="adorch.reduce")
@@ -211,6 +215,43 @@ def reduce_decisions(
     for decision in decisions:
         metrics.DECISION_LATENCY.labels(decision.outcome).observe(elapsed)
     return decisions[0] if state["single"] else decisions
+
+
+# The probe: the same canvas shape as a decision (gather, two chord levels with
+# `adorch.advance` between them, one body) with tasks that do nothing, so the
+# benchmark can show how much of a decision's latency is Celery's own floor.
+PROBE_GRAPH = AgentGraph.from_dict(
+    {
+        "agents": {
+            "context": {"task": "adorch.probe.agent"},
+            "content": {"task": "adorch.probe.agent"},
+            "budget": {"task": "adorch.probe.agent", "inputs": ["content"]},
+            "policy": {"task": "adorch.probe.agent", "inputs": ["context", "content"]},
+        },
+        "reducer": "adorch.probe.reduce",
+    },
+    "probe graph",
+)
+
+
+@app.task(name="adorch.probe.gather", bind=True)
+def probe_gather(self: Task, n_requests: int) -> Any:
+    """Start the no-op canvas of a decision's shape (the Celery floor)."""
+    state = {"batch": n_requests, "upstream": {}, "level": 0, "probe": True}
+    options = task_options(None, runtime().settings.queue)
+    raise self.replace(level_chord(app, PROBE_GRAPH, 0, state, options))
+
+
+@app.task(name="adorch.probe.agent")
+def probe_agent(state: dict[str, Any]) -> dict[str, Any]:
+    """Do nothing, as an agent would answer."""
+    return {"agent": f"probe-{state['level']}"}
+
+
+@app.task(name="adorch.probe.reduce")
+def probe_reduce(results: list[dict[str, Any]], state: dict[str, Any]) -> int:
+    """Do nothing, as the reducer would answer."""
+    return int(state["batch"])
 
 
 @app.task(name="adorch.record_feedback")

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures; run by make targets, never timed in tests."""
