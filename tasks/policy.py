@@ -1,9 +1,11 @@
 """The Policy agent: what each request may be shown, and whether to personalise.
 
 It runs the rule engine (`policies.engine`) over YAML rule sets loaded and validated
-when the agent is built, so a broken rule file stops the worker instead of letting
-ads through. For a batch it reads every frequency-cap counter in one MGET, then
-evaluates each request with Context's and Content's outputs.
+when the agent is built; a worker checks them once more before it forks
+(`refuse_to_start_with_bad_rules`), so a broken rule file stops the worker with the
+file and field named instead of letting ads through. For a batch it reads every
+frequency-cap counter in one MGET, then evaluates each request with Context's and
+Content's outputs.
 
 Policy fails closed at two levels. An exception while evaluating one request denies
 every candidate of that request (rule `policy.fail_closed`, no-ad reason
