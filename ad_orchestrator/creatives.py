@@ -303,12 +303,15 @@ def _normalise(text: str | None) -> str:
 
 def creative_key(creative: Creative) -> str:
     """Return the sha256 (hex) of a creative's normalised title, body, HTML and URL."""
-    parts = [
-        _normalise(creative.title),
-        _normalise(creative.body),
-        _normalise(creative.html),
-        (creative.landing_url or "").strip(),
-    ]
+    return _key_of(creative.title, creative.body, creative.html, creative.landing_url)
+
+
+@lru_cache(maxsize=65_536)
+def _key_of(
+    title: str | None, body: str | None, html: str | None, url: str | None
+) -> str:
+    # Cached: the same creatives recur in every batch.
+    parts = [_normalise(title), _normalise(body), _normalise(html), (url or "").strip()]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -513,12 +516,14 @@ class CreativeAnalyzer:
         todo = {key: c for key, c in unique.items() if key not in found}
         # A miss is a creative that had to be analysed; every other occurrence
         # (cached, or a repeat within this batch) is served without the model.
+        hits = sum(1 for key in keys if key) - len(todo)
         self.misses += len(todo)
-        self.hits += sum(1 for key in keys if key) - len(todo)
-        if todo:
-            fresh = self._analyse_uncached(todo)
-            self._cache_put(fresh)
-            found.update(fresh)
+        self.hits += hits
+        before = self.analysed
+        fresh = self._analyse_uncached(todo) if todo else {}
+        found.update(fresh)
+        if unique:
+            self._cache_put(fresh, hits, len(todo), self.analysed - before)
         return [found.get(key) if key else None for key in keys]
 
     # Steps ----------------------------------------------------------------------------
@@ -645,23 +650,48 @@ class CreativeAnalyzer:
                 found[key] = result
         return found
 
-    def _cache_put(self, results: dict[str, CreativeAnalysis]) -> None:
-        if self.redis is None or not results:
+    def _cache_put(
+        self, results: dict[str, CreativeAnalysis], hits: int, misses: int, read: int
+    ) -> None:
+        # One round trip: the new results and the shared counters that
+        # `read_cache_stats` reports for all processes together.
+        if self.redis is None:
             return
         try:
             pipe = self.redis.pipeline(transaction=False)
             for key, result in results.items():
-                ttl = None
+                ttl = self.config.cache_ttl_s
                 if result.fetch_error == FETCH_PENDING:
                     ttl = self.config.pending_ttl_s
                 elif result.fetch_error:
                     ttl = self.config.error_ttl_s
-                pipe.set(
-                    self._key(key), result.to_json(), ex=ttl or self.config.cache_ttl_s
-                )
+                pipe.set(self._key(key), result.to_json(), ex=ttl)
+            stats = self.settings.key("creative-stats")
+            pipe.hincrby(stats, "hits", hits)
+            pipe.hincrby(stats, "misses", misses)
+            pipe.hincrby(stats, "analysed", read)
             pipe.execute()
         except redis.RedisError as error:
             log.warning(MSG_CACHE_UNAVAILABLE, error)
+
+
+def read_cache_stats(client: redis.Redis, settings: Settings) -> dict[str, float]:
+    """Return the creative cache's hits, misses, analyses and hit rate, all workers.
+
+    For summaries (the replay, the benchmark): every `CreativeAnalyzer` on this
+    Redis adds to the same counters.
+    """
+    raw = cast(dict[Any, Any], client.hgetall(settings.key("creative-stats")))
+    counts = {
+        (k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()
+    }
+    hits, misses = counts.get("hits", 0), counts.get("misses", 0)
+    return {
+        "hits": hits,
+        "misses": misses,
+        "analysed": counts.get("analysed", 0),
+        "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+    }
 
 
 _CATEGORY_LOCK = threading.Lock()
@@ -699,5 +729,6 @@ __all__ = [
     "fetch_page",
     "has_text",
     "load_categories",
+    "read_cache_stats",
     "sentiment",
 ]

@@ -3,8 +3,9 @@
 Builds 256 requests from the Open Bandit Dataset sample shipped in `data/obd`
 (80 candidate items each, with their item features and the user's affinities), runs
 each agent's `decide` a few times on fakeredis, and prints the median and best time
-per batch. A second part shows the creative-analysis cache: a batch of text
-creatives analysed twice prints its hit rate and how many creatives the model read.
+per batch. A second part shows creative understanding and its cache: the Content
+agent decides a batch whose candidates are a few text creatives twice (cold, then
+cached) and prints the cache's hit rate and how many creatives the model read.
 
 Run: `.venv/bin/python benchmarks/agents.py [--batch 256] [--repeats 7]`.
 """
@@ -21,7 +22,8 @@ from typing import Any
 import fakeredis
 import torch
 
-from ad_orchestrator.schemas import AdRequest, Creative
+from ad_orchestrator.creatives import read_cache_stats
+from ad_orchestrator.schemas import AdRequest
 from ad_orchestrator.settings import load_settings
 from rl.envs.obd import load_obd, row_to_request
 from tasks.base import Agent, Upstream
@@ -91,28 +93,59 @@ def main() -> None:
 
     if args.skip_creatives:
         return
-    from ad_orchestrator.creatives import CreativeAnalyzer
-
-    analyzer = CreativeAnalyzer(settings, client)
-    creatives = [
-        Creative(title=title, body=body)
-        for title, body in [
-            ("Ice-cold craft beer", "Our hoppy lager, brewed for summer barbecues."),
-            ("The all-new hybrid sedan", "50 mpg. Book a test drive at a dealer."),
-            ("Beachfront hotel in Bali", "Book your holiday now and save 30%."),
-            ("Learn Python online", "Interactive coding bootcamp for beginners."),
-        ]
-    ] * 64  # 256 creatives, 4 unique
-    for round_ in (1, 2):
+    text_batch = text_requests(args.batch)
+    content = ContentAgent(settings, client)
+    for round_ in ("cold: model load + analysis", "warm: every creative cached"):
         started = time.perf_counter()
-        analyzer.analyse(creatives)
+        outputs = content.decide(text_batch, upstream)
         elapsed = (time.perf_counter() - started) * 1000
-        stats = analyzer.cache_stats()
+        stats = read_cache_stats(client, settings)
         print(
-            f"creatives round {round_}: {len(creatives)} analysed in {elapsed:.0f} ms; "
-            f"hits {stats['hits']}, misses {stats['misses']}, "
-            f"read by the model {stats['analysed']}, hit rate {stats['hit_rate']:.3f}"
+            f"content decide, {len(text_batch)} requests x {len(CREATIVES)} text "
+            f"creatives ({round_}): {elapsed:.0f} ms; cache hits {stats['hits']}, "
+            f"misses {stats['misses']}, read by the model {stats['analysed']}, "
+            f"hit rate {stats['hit_rate']:.3f}"
         )
+    first = outputs[0]
+    for ad_id, topics in first.topics.items():
+        top = ", ".join(f"{t.category} {t.score:.2f}" for t in topics[:3])
+        print(
+            f"  {ad_id:8s} topics {top}; sentiment {first.sentiment[ad_id]:+.2f}; "
+            f"brand safety {first.brand_safety[ad_id] or '-'}"
+        )
+
+
+CREATIVES = [
+    ("beer", "Ice-cold craft beer", "Our hoppy lager, brewed for summer barbecues."),
+    ("sedan", "The all-new hybrid sedan", "50 mpg. Book a test drive at a dealer."),
+    ("hotel", "Beachfront hotel in Bali", "Book your holiday now and save 30%."),
+    ("python", "Learn Python online", "Interactive coding bootcamp for beginners."),
+    ("casino", "100 free spins tonight", "Join our online casino and spin the reels."),
+    ("rifles", "Hunting season sale", "Rifles, scopes and ammunition, 20% off."),
+]
+
+
+def text_requests(n: int) -> list[AdRequest]:
+    """Return `n` requests whose candidates are the same few text creatives."""
+    candidates = [
+        {
+            "ad_id": ad_id,
+            "campaign_id": "demo",
+            "creative": {"title": title, "body": body},
+        }
+        for ad_id, title, body in CREATIVES
+    ]
+    return [
+        AdRequest.model_validate(
+            {
+                "request_id": f"text-{i}",
+                "timestamp": "2024-07-04T16:45:00Z",
+                "slots": [{"slot_id": "s", "position": 1}],
+                "candidates": candidates,
+            }
+        )
+        for i in range(n)
+    ]
 
 
 if __name__ == "__main__":

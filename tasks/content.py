@@ -297,8 +297,8 @@ class ContentAgent(Agent[ContentOutput]):
             )
         return outputs
 
-    def _analyse(self, requests: Sequence[AdRequest]) -> dict[int, CreativeAnalysis]:
-        # Keyed by id() of the Creative object, valid for this batch only.
+    def _analyse(self, requests: Sequence[AdRequest]) -> dict[int, Understanding]:
+        # Keyed by id() of each Creative object, valid for this batch only.
         creatives = [
             ad.creative
             for request in requests
@@ -312,15 +312,38 @@ class ContentAgent(Agent[ContentOutput]):
         except Exception as error:  # noqa: BLE001 - scores are worth more than topics
             log.warning(MSG_ANALYSIS_FAILED, f"{type(error).__name__}: {error}")
             return {}
-        return {
-            id(creative): result
-            for creative, result in zip(creatives, results, strict=True)
-            if result is not None
-        }
+        # The same few creatives recur across a batch: build each answer once.
+        by_key: dict[str, Understanding] = {}
+        found = {}
+        for creative, result in zip(creatives, results, strict=True):
+            if result is None:
+                continue
+            if result.key not in by_key:
+                by_key[result.key] = Understanding.of(result)
+            found[id(creative)] = by_key[result.key]
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Understanding:
+    """What `ContentOutput` reports about one creative."""
+
+    topics: tuple[TopicScore, ...]
+    sentiment: float
+    brand_safety: tuple[str, ...]
+
+    @classmethod
+    def of(cls, analysis: CreativeAnalysis) -> Understanding:
+        """Keep the best `TOPICS_PER_AD` topics of an analysis."""
+        topics = tuple(
+            TopicScore(category=category, score=score)
+            for category, score in analysis.topics[:TOPICS_PER_AD]
+        )
+        return cls(topics, analysis.sentiment, tuple(analysis.brand_safety))
 
 
 def _fill_understanding(
-    output: ContentOutput, request: AdRequest, analyses: dict[int, CreativeAnalysis]
+    output: ContentOutput, request: AdRequest, analyses: dict[int, Understanding]
 ) -> None:
     if not analyses:
         return
@@ -328,10 +351,7 @@ def _fill_understanding(
         found = analyses.get(id(ad.creative)) if ad.creative is not None else None
         if found is None:
             continue
-        output.topics[ad.ad_id] = [
-            TopicScore(category=category, score=score)
-            for category, score in found.topics[:TOPICS_PER_AD]
-        ]
+        output.topics[ad.ad_id] = list(found.topics)
         output.sentiment[ad.ad_id] = found.sentiment
         output.brand_safety[ad.ad_id] = list(found.brand_safety)
 

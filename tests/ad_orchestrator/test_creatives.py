@@ -28,6 +28,7 @@ from ad_orchestrator.creatives import (
     fetch_page,
     has_text,
     load_categories,
+    read_cache_stats,
     sentiment,
 )
 from ad_orchestrator.schemas import Creative
@@ -157,6 +158,24 @@ def test_each_unique_creative_is_analysed_once(settings: Settings) -> None:
     assert first[3] is None
     assert first[0] == first[1] == second[1]
     assert second[0] == first[2]
+
+
+def test_shared_counters_add_up_across_analyzers(settings: Settings) -> None:
+    """Counters in Redis sum every analyzer's hits and misses (all workers)."""
+    client = fakeredis.FakeRedis()
+    beer, car = Creative(title="Cold lager"), Creative(title="Hybrid sedan")
+    first = CreativeAnalyzer(settings, client, embedder=CountingEmbedder())
+    second = CreativeAnalyzer(settings, client, embedder=CountingEmbedder())
+
+    first.analyse([beer, beer])
+    second.analyse([beer, car, Creative()])
+
+    assert read_cache_stats(client, settings) == {
+        "hits": 2,
+        "misses": 2,
+        "analysed": 2,
+        "hit_rate": 0.5,
+    }
 
 
 def test_results_are_cached_as_json_with_a_ttl(settings: Settings) -> None:
