@@ -252,17 +252,34 @@ class ReplayBuffer:
             raise LearningError("cannot sample from an empty buffer; add first")
         if batch_size < 1:
             raise LearningError(f"`batch_size` must be at least 1, got {batch_size}")
-        rows = rng.integers(0, self._size, size=batch_size)
+        return self.gather(rng.integers(0, self._size, size=batch_size))
 
-        def gather(stores: list[np.ndarray]) -> Observation:
+    def gather(self, rows: np.ndarray) -> Batch:
+        """Return the transitions at buffer `rows` as a batch.
+
+        Joint training samples row indices once and hands the same rows to every
+        agent's buffer; while a buffer has not wrapped, row `i` is the `i`-th
+        transition added.
+
+        Raises:
+            LearningError: If a row is not filled yet.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self._size):
+            raise LearningError(
+                f"`rows` must lie in [0, {self._size}), the filled part of the "
+                f"buffer, but got values from {rows.min()} to {rows.max()}"
+            )
+
+        def parts(stores: list[np.ndarray]) -> Observation:
             tensors = tuple(torch.from_numpy(store[rows]) for store in stores)
             return tensors if self._multi else tensors[0]
 
         return Batch(
-            obs=gather(self.obs),
+            obs=parts(self.obs),
             actions=torch.from_numpy(self.actions[rows]),
             rewards=torch.from_numpy(self.rewards[rows]),
-            next_obs=None if self.next_obs is None else gather(self.next_obs),
+            next_obs=None if self.next_obs is None else parts(self.next_obs),
             dones=torch.from_numpy(self.dones[rows]),
             masks=None if self.masks is None else torch.from_numpy(self.masks[rows]),
             next_masks=(
