@@ -20,6 +20,7 @@ from ad_orchestrator import metrics
 from ad_orchestrator.ledger import MICROS, BudgetLedger
 from ad_orchestrator.schemas import FeedbackEvent, parse_feedback
 from ad_orchestrator.settings import Settings
+from policies.frequency import record_impression
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,17 @@ class FeedbackLog:
         self.ledger = ledger
         self._record = client.register_script(_RECORD)
 
-    def campaign_of(self, decision_id: str) -> str:
-        """Return the campaign a decision served, or '' when it is unknown."""
-        raw = self.redis.hget(self.settings.key("decision", decision_id), "campaign")
-        return raw.decode() if isinstance(raw, bytes) else (raw or "")
+    def served(self, decision_id: str) -> tuple[str, str]:
+        """Return the campaign a decision served and its user's hash ('' unknown)."""
+        campaign, user = self.redis.hmget(
+            self.settings.key("decision", decision_id), "campaign", "user"
+        )
+        return (campaign or b"").decode(), (user or b"").decode()
 
     def record(self, event: FeedbackEvent | dict[str, Any]) -> Recorded:
         """Record one event; a duplicate event id changes nothing."""
         event = parse_feedback(event)
-        campaign = self.campaign_of(event.decision_id)
+        campaign, user = self.served(event.decision_id)
         # Settling is idempotent (a second settle finds no reservation), so it goes
         # first: a crash between the two steps is repaired by redelivering the event.
         settled = None
@@ -96,6 +99,8 @@ class FeedbackLog:
             log.info("feedback event %s is a duplicate; ignored", event.event_id)
             return Recorded(event.event_id, duplicate=True)
         metrics.FEEDBACK_EVENTS.labels(event.kind).inc()
+        if event.kind == "impression" and campaign:
+            record_impression(self.redis, self.settings, user or None, campaign)
         return Recorded(event.event_id, duplicate=False, settled=settled)
 
     def counters(self, campaign_id: str) -> dict[str, int]:

@@ -23,6 +23,7 @@ from ad_orchestrator import metrics
 from ad_orchestrator.ledger import BudgetLedger
 from ad_orchestrator.schemas import AdRequest, Decision, NoBidReason, new_id
 from ad_orchestrator.settings import Settings
+from policies.frequency import user_hash
 from tasks.base import Upstream
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,8 @@ class Reducer:
                     "campaign": decision.campaign_id or "",
                     "ad": decision.ad_id or "",
                     "bid_cpm": decision.bid_cpm or 0.0,
+                    # Salted hash only: frequency caps count by it on impression.
+                    "user": user_hash(self.settings, request) or "",
                 },
             )
             pipe.expire(

@@ -71,3 +71,19 @@ def test_the_stream_keeps_arrival_order(
     entries = redis_client.xrange(settings.feedback_stream)
 
     assert [e[1][b"event_id"] for e in entries] == [f"e{i}".encode() for i in range(5)]
+
+
+def test_an_impression_counts_towards_the_users_frequency_caps(
+    feedback: FeedbackLog, redis_client: redis.Redis, settings: Settings
+) -> None:
+    """The served user's hashed id is capped on impression, once per event."""
+    redis_client.hset(settings.key("decision", "d1"), "user", "u-hash")
+    event = {"event_id": "i9", "decision_id": "d1", "kind": "impression", "value": 1}
+
+    feedback.record(event)
+    feedback.record(event)
+
+    counters = [
+        int(redis_client.get(k)) for k in redis_client.scan_iter("adorch:freq:*")
+    ]
+    assert counters and set(counters) == {1}
