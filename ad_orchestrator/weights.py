@@ -42,6 +42,7 @@ from torch import nn
 
 from ad_orchestrator.errors import WeightsError
 from ad_orchestrator.metrics import WEIGHTS_VERSION
+from ad_orchestrator.redis_server import resolve_redis_url
 from ad_orchestrator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,9 @@ class WeightStore:
             raise WeightsError(
                 f"keep must be at least 1 (the newest version), but got {keep}"
             )
-        self.redis = redis_client
+        # redis-py types every reply as "value or awaitable" (its sync and async
+        # clients share stubs); this store only ever holds a sync client.
+        self.redis: Any = redis_client
         self.settings = settings
         self.keep = keep
         self._hmac_key = settings.secret("weights_hmac_key")
@@ -480,6 +483,12 @@ class WeightStore:
                 "; they were copied between keys, refusing them"
             )
         return bytes(blob), metadata
+
+
+def open_store(settings: Settings, *, keep: int | None = None) -> WeightStore:
+    """Return a store on the Redis the settings resolve to (embedded if need be)."""
+    client = redis.Redis.from_url(resolve_redis_url(settings))
+    return WeightStore(client, settings, keep=keep)
 
 
 class ServingModel:
