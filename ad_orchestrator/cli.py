@@ -1,6 +1,7 @@
 """`adorch`: every command a person types, in one place.
 
     adorch run            replay the Open Bandit Dataset through the service
+    adorch replay-openrtb OpenRTB example requests in, BidResponses out
     adorch worker         a Celery worker for the agents (events on)
     adorch beat           Celery beat (reservation release, periodic retrain)
     adorch flower         Flower with basic auth from settings
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +30,17 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_replay(load_settings(), options_from(args))
     print(format_summary(summary))
     return 0 if summary["lost"] == 0 else 1
+
+
+def _replay_openrtb(args: argparse.Namespace) -> int:
+    from ad_orchestrator.replay_openrtb import format_reports, replay_folder
+
+    reports = replay_folder(load_settings(), args.folder, args.timeout)
+    print(format_reports(reports))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(reports, indent=2))
+    return 0
 
 
 def _celery(args: argparse.Namespace, command: str) -> int:
@@ -59,6 +72,7 @@ def _redis(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Return the `adorch` command-line parser."""
     from ad_orchestrator.replay import add_arguments
+    from ad_orchestrator.replay_openrtb import add_arguments as add_openrtb_arguments
 
     parser = argparse.ArgumentParser(prog="adorch", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="replay the Open Bandit Dataset (main job)")
     add_arguments(run)
     run.set_defaults(func=_run)
+
+    openrtb = commands.add_parser(
+        "replay-openrtb", help="OpenRTB examples through the service, BidResponses out"
+    )
+    add_openrtb_arguments(openrtb)
+    openrtb.set_defaults(func=_replay_openrtb)
 
     for name, text in (("worker", "a Celery worker"), ("beat", "Celery beat")):
         sub = commands.add_parser(name, help=text)
