@@ -177,7 +177,7 @@ def metric_labels() -> dict[str, frozenset[str]]:
         FEEDBACK_STREAM_LAG_SECONDS_NAME: frozenset({"group"}),
     }
     for metric in _DECLARED:
-        family = metric.describe()[0]
+        (family,) = metric.describe()
         labels = frozenset(metric._labelnames)  # noqa: SLF001 - no public accessor
         for suffix in _SUFFIXES[family.type]:
             extra = {"le"} if suffix == "_bucket" else set()

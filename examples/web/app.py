@@ -193,7 +193,8 @@ def _decide(body: Any, settings: Settings, arrived: float) -> Response:
         return Response(status_code=204, headers=headers)
     from ad_orchestrator.openrtb import decision_to_bid_response
 
-    return JSONResponse(decision_to_bid_response(decision, body), headers=headers)
+    ads = {ad.ad_id: ad for ad in ad_request.candidates}
+    return JSONResponse(decision_to_bid_response(decision, body, ads), headers=headers)
 
 
 def _feedback(body: Any) -> Response:

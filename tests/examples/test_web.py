@@ -23,6 +23,9 @@ from examples.web.samples import sample_ad_request
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OPENRTB_DIR = REPO_ROOT / "tests" / "fixtures" / "openrtb" / "requests"
 TMAX_MS = 250
+# Requests that must reach the worker get a deadline no loaded machine misses:
+# these tests check behaviour, the benchmark measures speed.
+PATIENT_MS = 15_000
 
 
 # Pure helpers ------------------------------------------------------------------
@@ -70,7 +73,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     web = None
     try:
         web = start_web(logs / "web.log", extra_env=env)
-        with httpx.Client(base_url=web.url, timeout=TMAX_MS / 1000 + 2.0) as http:
+        with httpx.Client(base_url=web.url, timeout=PATIENT_MS / 1000 + 5) as http:
             # The first decision of a fresh worker loads models; keep it out of tests.
             http.post("/decide", json=sample_ad_request(tmax_ms=20000), timeout=30)
             yield Stack(worker, web, http)
@@ -91,14 +94,14 @@ def _sample(body: str, name: str, labels: dict[str, str]) -> float:
 @pytest.mark.integration
 def test_decide_answers_an_ad_request_from_the_worker(stack: Stack) -> None:
     """A valid AdRequest gets the worker's decision, not the fallback."""
-    request = sample_ad_request(tmax_ms=TMAX_MS)
+    request = sample_ad_request(tmax_ms=PATIENT_MS)
 
     response = stack.http.post("/decide", json=request)
 
     assert response.status_code == 200, response.text
     decision = response.json()
     assert decision["request_id"] == request["request_id"]
-    assert decision["fallback"] is False
+    assert decision["fallback"] is False, stack.worker.log_text()[-6000:]
     assert decision["outcome"] in {"bid", "no_bid"}
     assert set(decision["weights_versions"]) >= {"context", "content", "budget"}
     assert response.headers["X-Adorch-Decision-Id"] == decision["decision_id"]
@@ -133,7 +136,7 @@ def test_decide_rejects_bad_requests_naming_the_problem(
 @pytest.mark.integration
 def test_feedback_is_recorded_once(stack: Stack) -> None:
     """The first delivery of an event is recorded (201), a repeat is a duplicate."""
-    decision = stack.http.post("/decide", json=sample_ad_request(tmax_ms=1000)).json()
+    decision = stack.http.post("/decide", json=sample_ad_request()).json()
     event = {
         "event_id": uuid.uuid4().hex,
         "decision_id": decision["decision_id"],
