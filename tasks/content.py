@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,48 +60,63 @@ TOPICS_PER_AD = 5
 MSG_ANALYSIS_FAILED = "content: creative analysis failed, scores kept: %s"
 MSG_WARM_UP_FAILED = "content: loading the sentence model early failed: %s"
 
-AdKey = tuple[str, tuple[tuple[str, str | float], ...]]
-
 
 class AdEncodingCache:
-    """Encodings of ads' own features (affinity column 0), one row per unique ad.
+    """Encodings of ads' own features (affinity column 0), one row per ad id.
 
     Rows live in one growing array, so a batch gathers its candidates with a single
-    fancy index instead of stacking thousands of small arrays.
+    fancy index instead of stacking thousands of small arrays. A hit needs the
+    same ad id with equal features (one C-level dict comparison), so an ad whose
+    features change is encoded again.
     """
 
     def __init__(self, max_size: int = AD_CACHE_SIZE) -> None:
         self.max_size = max_size
-        self._index: dict[AdKey, int] = {}
+        self._index: dict[str, tuple[Mapping[str, str | float], int]] = {}
         self._table = np.zeros((64, AD_DIM), dtype=np.float32)
+        self._used = 0
 
     def __len__(self) -> int:
         return len(self._index)
 
     def rows(self, ads: Sequence[CandidateAd]) -> np.ndarray:
         """Return the row of each ad in the table, encoding unseen ads first."""
-        keys = [(ad.ad_id, tuple(ad.features.items())) for ad in ads]
-        missing = [i for i, key in enumerate(keys) if key not in self._index]
+        rows = self._lookup(ads)
+        missing = [i for i, row in enumerate(rows) if row < 0]
         if missing:
-            if len(self._index) + len(missing) > self.max_size:
+            if self._used + len(missing) > self.max_size:
                 self._index.clear()  # rare: the ad set turned over completely
-                missing = list(range(len(keys)))
-            # Repeated ads within one batch: encode each unique key once.
-            unique = {keys[i]: ads[i] for i in missing if keys[i] not in self._index}
-            encoded = encode_ads([ad.features for ad in unique.values()])
-            start = len(self._index)
-            needed = start + len(unique)
+                self._used = 0
+                missing = list(range(len(ads)))
+            # Repeated ads within one batch: encode each ad id once.
+            unique = {ads[i].ad_id: ads[i] for i in missing}
+            start, needed = self._used, self._used + len(unique)
             if needed > len(self._table):
                 grown = np.zeros((max(needed, 2 * len(self._table)), AD_DIM), "f4")
                 grown[:start] = self._table[:start]
                 self._table = grown
-            self._table[start:needed] = encoded
-            for offset, key in enumerate(unique):
-                self._index[key] = start + offset
-        return np.fromiter((self._index[k] for k in keys), np.int64, len(keys))
+            self._table[start:needed] = encode_ads(
+                [ad.features for ad in unique.values()]
+            )
+            for row, ad in enumerate(unique.values(), start):
+                self._index[ad.ad_id] = (ad.features, row)
+            self._used = needed
+            rows = self._lookup(ads)
+        return np.asarray(rows, dtype=np.int64)
+
+    def _lookup(self, ads: Sequence[CandidateAd]) -> list[int]:
+        index = self._index
+        rows = []
+        for ad in ads:
+            found = index.get(ad.ad_id)
+            if found is not None and found[0] == ad.features:
+                rows.append(found[1])
+            else:
+                rows.append(-1)
+        return rows
 
     def table(self) -> np.ndarray:
-        """Return the encodings, `(n_unique_ads, AD_DIM)`, indexed by `rows`."""
+        """Return the encodings, `(n_rows, AD_DIM)`, indexed by `rows`."""
         return self._table
 
 
@@ -140,12 +155,12 @@ def encode_batch(
     ad_rows[mask] = rows
     ads = np.zeros((len(requests), n_max, AD_DIM), dtype=np.float32)
     ads[mask] = cache.table()[rows]
-    affinity = [
-        request.user.item_affinity.get(ad.ad_id, 0.0)
-        for request in requests
-        for ad in request.candidates
-    ]
-    ads[mask, AFFINITY_COLUMN] = np.asarray(affinity, dtype=np.float32)
+    for i, request in enumerate(requests):
+        # Most users have no affinities at all: skip their candidates entirely.
+        affinity = request.user.item_affinity
+        if affinity:
+            for j, ad in enumerate(request.candidates):
+                ads[i, j, AFFINITY_COLUMN] = affinity.get(ad.ad_id, 0.0)
     return EncodedBatch(context, ads, mask, ad_rows)
 
 

@@ -137,6 +137,24 @@ def test_encode_batch_pads_and_masks(agent: ContentAgent) -> None:
     np.testing.assert_array_equal(ads[1], expected)
 
 
+def test_ad_cache_encodes_each_ad_once_and_again_when_it_changes() -> None:
+    """Same id and features: one row; changed features: a new, correct row."""
+    cache = AdEncodingCache()
+    first = _request("r1", 3).candidates
+    changed = _request("r2", 0, candidates=[_ad("a1", features={"price": 9.0})])
+
+    rows = cache.rows([*first, *first])
+    changed_row = cache.rows(changed.candidates)
+
+    assert rows.tolist() == [0, 1, 2, 0, 1, 2]
+    assert len(cache) == 3
+    np.testing.assert_array_equal(
+        cache.table()[rows[:3]], encode_ads([ad.features for ad in first])
+    )
+    assert changed_row.tolist() == [3]
+    np.testing.assert_array_equal(cache.table()[3], encode_ads([{"price": 9.0}])[0])
+
+
 def test_score_batch_contextual_view_matches_scoring_each_request() -> None:
     """Scoring alike requests once gives what scoring each of them would."""
     model = _model()
