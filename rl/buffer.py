@@ -215,24 +215,43 @@ class ReplayBuffer:
         mask: np.ndarray | None = None,
         next_mask: np.ndarray | None = None,
     ) -> None:
-        """Append one transition; the arguments are `add_batch`'s without the row."""
+        """Append one transition; the arguments are `add_batch`'s without the row.
 
-        def one(value: object | None) -> object | None:
-            if value is None:
-                return None
-            if self._multi:
-                return [np.asarray(p)[None] for p in value]  # type: ignore[attr-defined]
-            return np.asarray(value)[None]
-
-        self.add_batch(
-            one(obs),
-            np.array([action]),
-            np.array([reward], dtype=np.float32),
-            one(next_obs),
-            np.array([done]),
-            None if mask is None else np.asarray(mask)[None],
-            None if next_mask is None else np.asarray(next_mask)[None],
-        )
+        Written directly into the arrays (no batch of one): acting loops call this
+        every step, so it checks only what numpy would not catch itself.
+        """
+        if not 0 <= action < self.n_actions:
+            raise LearningError(
+                f"`action` must lie in [0, {self.n_actions}), but got {action}"
+            )
+        if self.next_obs is not None and next_obs is None:
+            raise LearningError(
+                "`next_obs` is required: this buffer stores next observations "
+                "(pass `store_next_obs=False` for one-step episodes)"
+            )
+        row = self._next
+        for stores, value, name in (
+            (self.obs, obs, "obs"),
+            (self.next_obs, next_obs, "next_obs"),
+        ):
+            if stores is None:
+                continue
+            parts = value if self._multi else (value,)
+            for store, part in zip(stores, parts, strict=True):  # type: ignore[call-overload]
+                if np.shape(part) != store.shape[1:]:
+                    raise LearningError(
+                        f"`{name}` must have shape {store.shape[1:]}, but got "
+                        f"{np.shape(part)}"
+                    )
+                store[row] = part
+        self.actions[row] = action
+        self.rewards[row] = reward
+        self.dones[row] = float(done)
+        if self.masks is not None and self.next_masks is not None:
+            self.masks[row] = True if mask is None else mask
+            self.next_masks[row] = True if next_mask is None else next_mask
+        self._next = (row + 1) % self.capacity
+        self._size = min(self._size + 1, self.capacity)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         """Draw `batch_size` transitions uniformly, with replacement.

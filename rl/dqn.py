@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -326,19 +327,34 @@ def double_dqn_targets(
         `(batch,)` targets, with no gradient.
     """
     with torch.no_grad():
-        chooser = q_values(online, next_obs)
+        # Only states that go on need a value; terminal rows (every row, in a
+        # bandit) skip both forward passes.
+        live = torch.nonzero(dones < 1.0).squeeze(1)
+        if live.numel() == 0 or gamma == 0.0:
+            return rewards.clone()
+        value = torch.zeros_like(rewards)
+        obs = (
+            tuple(part[live] for part in next_obs)
+            if isinstance(next_obs, tuple)
+            else next_obs[live]
+        )
+        chooser = q_values(online, obs)
+        mask = None
         if next_mask is not None:
-            if next_mask.shape != chooser.shape:
+            expected = (rewards.shape[0], chooser.shape[1])
+            if tuple(next_mask.shape) != expected:
                 raise LearningError(
-                    f"`next_mask` must have shape {tuple(chooser.shape)}, but got "
+                    f"`next_mask` must have shape {expected}, but got "
                     f"{tuple(next_mask.shape)}"
                 )
-            chooser = chooser.masked_fill(~next_mask, float("-inf"))
+            mask = next_mask[live]
+            chooser = chooser.masked_fill(~mask, float("-inf"))
         best = chooser.argmax(dim=1, keepdim=True)
-        value = q_values(target, next_obs).gather(1, best).squeeze(1)
-        if next_mask is not None:
-            value = torch.where(next_mask.any(dim=1), value, torch.zeros_like(value))
-        return rewards + gamma * (1.0 - dones) * value
+        chosen = q_values(target, obs).gather(1, best).squeeze(1)
+        if mask is not None:
+            chosen = torch.where(mask.any(dim=1), chosen, torch.zeros_like(chosen))
+        value[live] = chosen
+        return rewards + gamma * value
 
 
 def dqn_update(
@@ -432,6 +448,10 @@ class DQNResult:
     epsilons: list[float] = field(default_factory=list)
     returns: list[float] = field(default_factory=list)
     updates: int = 0
+    act_seconds: float = 0.0
+    """Time spent acting, stepping the environment and storing transitions."""
+    learn_seconds: float = 0.0
+    """Time spent sampling batches and taking gradient steps."""
 
 
 def _batched(obs: Any) -> Observation:
@@ -480,12 +500,18 @@ def train_online(
     episode_return = 0.0
     for step in tqdm(range(config.total_steps), disable=not progress, desc="dqn"):
         # Act: epsilon-greedy among the allowed actions.
+        tick = time.perf_counter()
         epsilon = linear_epsilon(
             config.epsilon_start, config.epsilon_end, config.epsilon_duration, step
         )
-        with torch.no_grad():
-            q = q_values(online, _batched(obs))
-        action = int(select_action(q, epsilon, mask[None], rng)[0])
+        if rng.random() < epsilon:
+            # Explore without a forward pass: uniform over the allowed actions,
+            # the same distribution `select_action` gives.
+            action = int(rng.choice(np.flatnonzero(mask)))
+        else:
+            with torch.no_grad():
+                q = q_values(online, _batched(obs))
+            action = int(select_action(q, 0.0, mask[None], rng)[0])
 
         # Step the environment and remember the transition.
         next_obs, reward, terminated, truncated, info = env.step(action)
@@ -498,6 +524,8 @@ def train_online(
             episode_return = 0.0
             obs, info = env.reset()
             mask = info.get("action_mask", all_allowed)
+        tock = time.perf_counter()
+        result.act_seconds += tock - tick
 
         # Learn from a replayed batch.
         if step >= config.learning_starts and step % config.train_frequency == 0:
@@ -508,6 +536,7 @@ def train_online(
             result.losses.append(loss)
             result.epsilons.append(epsilon)
             result.updates += 1
+            result.learn_seconds += time.perf_counter() - tock
 
         # Sync the target network.
         if step % config.target_update_interval == 0:

@@ -89,3 +89,20 @@ def test_empty_buffer_cannot_be_sampled() -> None:
     """Sampling before adding explains what to do."""
     with pytest.raises(LearningError, match="empty buffer"):
         ReplayBuffer(4, (1,), 2).sample(1, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"obs": np.zeros(2)}, "`obs` must have shape \\(1,\\)"),
+        ({"action": 2}, "`action` must lie in \\[0, 2\\)"),
+        ({"next_obs": None}, "`next_obs` is required"),
+    ],
+)
+def test_add_rejects_bad_inputs(kwargs: dict, match: str) -> None:
+    """`add`'s quick path still names a malformed argument."""
+    buffer = ReplayBuffer(4, (1,), 2)
+    args = {"obs": np.zeros(1), "action": 0, "reward": 1.0, "next_obs": np.zeros(1)}
+    with pytest.raises(LearningError, match=match):
+        buffer.add(**(args | kwargs))
+    assert len(buffer) == 0

@@ -253,3 +253,24 @@ def test_train_online_is_reproducible() -> None:
     first = train_online(Corridor(), config, lambda: QNetwork(4, 3, 16), (4,))
     second = train_online(Corridor(), config, lambda: QNetwork(4, 3, 16), (4,))
     assert first.losses == second.losses
+
+
+def test_double_dqn_skips_terminal_rows() -> None:
+    """Only rows that go on are valued; a batch of terminals needs no forward."""
+
+    class Counting(FixedQ):
+        rows = 0
+
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            Counting.rows += obs.shape[0]
+            return super().forward(obs)
+
+    net = Counting([1.0, 3.0])
+    kwargs = {"rewards": torch.tensor([0.0, 0.0, 0.0]), "next_obs": torch.zeros(3, 1)}
+    targets = double_dqn_targets(
+        net, net, dones=torch.tensor([1.0, 0.0, 1.0]), gamma=0.5, **kwargs
+    )
+    np.testing.assert_allclose(targets.numpy(), [0.0, 1.5, 0.0])
+    assert Counting.rows == 2  # one live row, through online and target
+    double_dqn_targets(net, net, dones=torch.ones(3), gamma=0.5, **kwargs)
+    assert Counting.rows == 2
