@@ -48,6 +48,10 @@ MSG_BAD_COUNTRY = (
 )
 MSG_NO_ZONE = "no time zone known for country %s; using UTC"
 
+# Codes ISO 3166 reserves "exceptionally" that traffic still carries: the UK for
+# GB, and the European Union's EL for Greece.
+EXCEPTIONAL_CODES = {"UK": "GB", "EL": "GR"}
+
 # Non-browser HTTP clients: real people do not browse with these, so an ad shown to
 # them is never seen. uap-core names crawlers' device family "Spider" but leaves
 # these as ordinary user agents.
@@ -143,14 +147,16 @@ class RequestContext:
 def normalise_country(code: str | None) -> str | None:
     """Return the ISO 3166 alpha-2 code (upper case) for an alpha-2 or alpha-3 code.
 
-    Any case is accepted ("us", "USA", "gbr"). An unknown code gives None and a
-    warning, since a request with a bad country is still worth deciding.
+    Any case is accepted ("us", "USA", "gbr"), and the exceptionally reserved "UK"
+    and "EL" mean GB and GR. An unknown code gives None and a warning, since a
+    request with a bad country is still worth deciding.
     """
     if code is None:
         return None
     text = code.strip().upper()
     if not text:
         return None
+    text = EXCEPTIONAL_CODES.get(text, text)
     found = None
     if len(text) == 2:
         found = pycountry.countries.get(alpha_2=text)

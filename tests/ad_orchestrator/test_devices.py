@@ -76,7 +76,15 @@ def test_parse_user_agent_table(
 
 @pytest.mark.parametrize(
     ("code", "expected"),
-    [("us", "US"), ("USA", "US"), ("gb", "GB"), ("GBR", "GB"), (" deu ", "DE")],
+    [
+        ("us", "US"),
+        ("USA", "US"),
+        ("gb", "GB"),
+        ("GBR", "GB"),
+        (" deu ", "DE"),
+        ("uk", "GB"),
+        ("EL", "GR"),
+    ],
 )
 def test_normalise_country_accepts_alpha2_and_alpha3_any_case(
     code: str, expected: str
