@@ -37,6 +37,7 @@ from ad_orchestrator.graph import AgentGraph
 from ad_orchestrator.ledger import BudgetLedger, load_campaigns
 from ad_orchestrator.logging import connect_celery_logging
 from ad_orchestrator.metrics import connect_worker_signals
+from ad_orchestrator.privacy import pseudonymise
 from ad_orchestrator.redis_server import resolve_redis_url, to_celery_url
 from ad_orchestrator.reducer import Reducer
 from ad_orchestrator.schemas import AdRequest, Decision, parse_request
@@ -169,13 +170,47 @@ def agent_task(cls: type[Agent[Any]]) -> Task:
     return task
 
 
+def parse_edge(items: list[Any], settings: Settings) -> list[AdRequest]:
+    """Validate requests where they enter the service and pseudonymise their ids."""
+    salt = settings.secret("id_salt")
+    return [pseudonymise(parse_request(item), salt) for item in items]
+
+
 def _parse_all(request_or_batch: Any) -> tuple[list[AdRequest], bool]:
+    settings = runtime().settings
     if isinstance(request_or_batch, list | tuple):
-        return [parse_request(item) for item in request_or_batch], False
-    return [parse_request(request_or_batch)], True
+        return parse_edge(list(request_or_batch), settings), False
+    return parse_edge([request_or_batch], settings), True
 
 
-@app.task(name="adorch.gather_results", bind=True)
+def redacted(args: Any) -> str:
+    """Describe a task's arguments for logs and Flower without their contents.
+
+    Celery logs and shows `argsrepr`; by default that is the arguments' repr, which
+    would put raw user ids from a caller's request into worker logs and Flower.
+    """
+    items = args[0] if args else None
+    if isinstance(items, list | tuple):
+        ids = [i.get("request_id", "?") for i in items[:3] if isinstance(i, dict)]
+        more = f", +{len(items) - 3}" if len(items) > 3 else ""
+        return f"(batch of {len(items)}: {', '.join(map(str, ids))}{more})"
+    if isinstance(items, dict):
+        if "batch" in items:
+            return f"(state: level {items.get('level')})"
+        return f"(request {items.get('request_id', '?')})"
+    return f"({len(args or ())} argument(s))"
+
+
+class EdgeTask(Task):  # type: ignore[misc]
+    """A task that callers send requests to: its arguments never reach a log."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        options.setdefault("argsrepr", redacted(args))
+        options.setdefault("kwargsrepr", "{}")
+        return super().apply_async(args, kwargs, **options)
+
+
+@app.task(name="adorch.gather_results", bind=True, base=EdgeTask)
 def gather_results(self: Task, request_or_batch: Any) -> Decision | list[Decision]:
     """Decide for one request (returns a Decision) or a batch (a list of them).
 
@@ -254,7 +289,7 @@ def probe_reduce(results: list[dict[str, Any]], state: dict[str, Any]) -> int:
     return int(state["batch"])
 
 
-@app.task(name="adorch.record_feedback")
+@app.task(name="adorch.record_feedback", base=EdgeTask)
 def record_feedback(event: dict[str, Any]) -> dict[str, Any]:
     """Record one feedback event, idempotently by its event id."""
     recorded = runtime().feedback.record(event)

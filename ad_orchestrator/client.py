@@ -19,9 +19,9 @@ from typing import Any, overload
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from ad_orchestrator import metrics
-from ad_orchestrator.app import app, runtime
+from ad_orchestrator.app import app, parse_edge, runtime
 from ad_orchestrator.coordinator import initial_state, level_chord, task_options
-from ad_orchestrator.schemas import AdRequest, Decision, parse_request
+from ad_orchestrator.schemas import AdRequest, Decision
 from ad_orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def decide(
     settings = settings or runtime().settings
     single = not isinstance(request_or_batch, list | tuple)
     items = [request_or_batch] if single else list(request_or_batch)
-    requests = [parse_request(item) for item in items]
+    requests = parse_edge(items, settings)
     wait = timeout if timeout is not None else deadline_for(requests, settings)
     deadline = time.time() + wait
     state = initial_state(requests, single=False, deadline=deadline)

@@ -71,6 +71,8 @@ def level_chord(
     """
     # Signatures are bound to `app` explicitly: in a thread of a web server the
     # "current app" is Celery's default one, which has no result backend.
+    # The state holds the batch; logs and Flower get a short description instead.
+    options = dict(options, argsrepr=f"(state: level {level})", kwargsrepr="{}")
     header = group(
         [
             app.signature(graph.tasks[name], args=(state,), options=dict(options))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import redis
 
 from ad_orchestrator.logging import hash_id
+from ad_orchestrator.privacy import HASHED_PREFIX
 from ad_orchestrator.schemas import AdRequest
 from ad_orchestrator.settings import Settings
 from policies.schema import FrequencyCap
@@ -32,6 +33,8 @@ def user_hash(settings: Settings, request: AdRequest) -> str | None:
     raw = request.user.id or request.device.ifa
     if not raw:
         return None
+    if raw.startswith(HASHED_PREFIX):  # pseudonymised at the edge already
+        return raw.removeprefix(HASHED_PREFIX)
     return hash_id(raw, settings.secret("id_salt"))
 
 
