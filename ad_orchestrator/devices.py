@@ -238,6 +238,14 @@ def parse_user_agent(ua: str) -> DeviceInfo:
     return DeviceInfo(device_class, os_family, browser, is_bot, "ua")
 
 
+def warm_up() -> None:
+    """Load the user-agent parser's rules now (about 0.1 s) rather than mid-batch.
+
+    Agents call it when they are built, after the worker forks.
+    """
+    ua_parser.parse("Mozilla/5.0 (Windows NT 10.0; Win64; x64)")
+
+
 def _is_tablet(ua: str, os_family: str | None, device: Any) -> bool:
     family = device.family if device is not None else ""
     brand = device.brand if device is not None else ""
@@ -362,4 +370,5 @@ __all__ = [
     "normalise_country",
     "parse_user_agent",
     "request_context",
+    "warm_up",
 ]

@@ -23,6 +23,7 @@ import fakeredis
 import torch
 
 from ad_orchestrator.creatives import read_cache_stats
+from ad_orchestrator.devices import country_zone, normalise_country, parse_user_agent
 from ad_orchestrator.schemas import AdRequest
 from ad_orchestrator.settings import load_settings
 from rl.envs.obd import load_obd, row_to_request
@@ -91,6 +92,22 @@ def main() -> None:
             f"ms; CPU median {cpu:7.1f} ms"
         )
 
+    device_batch = device_requests(args.batch)
+    context = ContextAgent(settings, client)
+    for cache in (parse_user_agent, normalise_country, country_zone):
+        cache.cache_clear()
+    started = time.process_time()
+    context.decide(device_batch, upstream)
+    cold = (time.process_time() - started) * 1000
+    wall, best, cpu = timed(
+        lambda: context.decide(device_batch, upstream), args.repeats
+    )
+    print(
+        f"context decide, {len(device_batch)} requests with {len(USER_AGENTS)} user "
+        f"agents, countries and offsets: first (parses) CPU {cold:.1f} ms; then wall "
+        f"median {wall:.1f} ms, CPU median {cpu:.1f} ms"
+    )
+
     if args.skip_creatives:
         return
     text_batch = text_requests(args.batch)
@@ -113,6 +130,46 @@ def main() -> None:
             f"  {ad_id:8s} topics {top}; sentiment {first.sentiment[ad_id]:+.2f}; "
             f"brand safety {first.brand_safety[ad_id] or '-'}"
         )
+
+
+USER_AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
+    "Gecko) Chrome/120.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 13; Pixel 7) AppleWebKit/537.36 (KHTML, like "
+    "Gecko) Chrome/120.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like "
+    "Gecko) Chrome/120.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, "
+    "like Gecko) Version/17.0 Safari/605.1.15",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (SMART-TV; Linux; Tizen 6.0) AppleWebKit/537.36 (KHTML, like "
+    "Gecko) SamsungBrowser/2.2 Chrome/63.0.3239.84 TV Safari/537.36",
+    "curl/8.4.0",
+]
+COUNTRIES = ["us", "GBR", "de", "JPN", "br", "IND", None, "xx"]
+
+
+def device_requests(n: int) -> list[AdRequest]:
+    """Return `n` requests with real user agents, countries and UTC offsets."""
+    return [
+        AdRequest.model_validate(
+            {
+                "request_id": f"device-{i}",
+                "timestamp": "2024-07-04T16:45:00Z",
+                "device": {"ua": USER_AGENTS[i % len(USER_AGENTS)]},
+                "geo": {
+                    "country": COUNTRIES[i % len(COUNTRIES)],
+                    "utcoffset": 60 if i % 5 == 0 else None,
+                },
+                "user": {"yob": 1950 + i % 50},
+                "slots": [{"slot_id": "s", "position": 1}],
+                "candidates": [{"ad_id": "a", "campaign_id": "c"}],
+            }
+        )
+        for i in range(n)
+    ]
 
 
 CREATIVES = [

@@ -245,6 +245,7 @@ class ContentAgent(Agent[ContentOutput]):
         analyzer: CreativeAnalyzer | None = None,
     ) -> None:
         super().__init__(settings, client)
+        devices.warm_up()
         if model_source is None:
             serving = ServingModel(
                 WeightStore(_bytes_client(client), settings), self.name, untrained_model

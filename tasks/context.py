@@ -15,9 +15,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import redis
+
 from ad_orchestrator import devices
 from ad_orchestrator.features import encode_context
 from ad_orchestrator.schemas import AdRequest, ContextOutput
+from ad_orchestrator.settings import Settings
 from tasks.base import Agent, Upstream
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,10 @@ class ContextAgent(Agent[ContextOutput]):
     """Readable context fields and their encoding, for a batch of requests."""
 
     name = "context"
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        super().__init__(settings, client)
+        devices.warm_up()
 
     def decide(
         self, requests: Sequence[AdRequest], upstream: Upstream
