@@ -46,7 +46,7 @@ from ad_orchestrator.settings import REPO_ROOT, Settings, load_settings
 from ad_orchestrator.weights import WeightStore, open_store
 from rl.envs.obd import BanditLog, load_obd, train_test_split
 from rl.networks import ContentQNet
-from rl.ope import estimate_interval, paired_bootstrap_difference
+from rl.ope import Interval, estimate_interval, paired_bootstrap_difference
 from rl.ope_validation import fit_reward_model, predict_rewards
 from rl.trainer import (
     REPORTED,
@@ -639,14 +639,307 @@ def plot_learning_curves(
 # Budget ------------------------------------------------------------------------------
 
 
-def train_and_promote_budget(
-    settings: Settings, args: argparse.Namespace
-) -> PromotionResult:
-    """Train Budget's pacing network and gate it like the Content one."""
-    raise LearningError(
-        "`--agent budget` is not wired yet: it needs `rl.pacing.train_dqn_pacer`; "
-        "use `--agent content`"
+def paired_mean_bootstrap(
+    candidate: np.ndarray,
+    serving: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> Interval:
+    """Bootstrap the mean of paired differences (one pair per evaluation episode).
+
+    Args:
+        candidate: `(n,)` the candidate's value per episode.
+        serving: `(n,)` the serving policy's value on the same episodes.
+        n_bootstrap: Resamples of the episodes.
+        alpha: One minus the confidence level.
+        seed: Seed of the resampling.
+    """
+    new, old = np.asarray(candidate, float), np.asarray(serving, float)
+    if new.ndim != 1 or new.shape != old.shape or new.size < 2:
+        raise LearningError(
+            f"paired values must be two equal (n,) arrays with n >= 2, but got "
+            f"{np.shape(candidate)} and {np.shape(serving)}"
+        )
+    difference = new - old
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, difference.size, size=(n_bootstrap, difference.size))
+    samples = difference[rows].mean(axis=1)
+    return Interval(
+        estimate=float(difference.mean()),
+        mean=float(samples.mean()),
+        low=float(np.quantile(samples, alpha / 2)),
+        high=float(np.quantile(samples, 1 - alpha / 2)),
+        alpha=alpha,
+        n_bootstrap=n_bootstrap,
     )
+
+
+def _episode_values(run: Any, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    value = paired_mean_bootstrap(
+        run.expected_clicks, np.zeros_like(run.expected_clicks),
+        n_bootstrap=n_bootstrap, seed=seed,
+    )  # fmt: skip
+    summary = run.summary()
+    return {
+        "expected_clicks": value.to_dict(),
+        "clicks": int(summary.clicks),
+        "spend_share": float(summary.spend / summary.budget) if summary.budget else 0,
+        "win_rate": float(summary.win_rate),
+        "episodes": int(summary.episodes),
+    }
+
+
+def load_serving_pacer(
+    store: WeightStore, env: Any, mean_pctr: float
+) -> tuple[int | None, Any | None, str | None]:
+    """Load the serving pacing network as a bidder, verified.
+
+    Returns:
+        `(version, bidder, problem)` as `load_serving_content` does.
+    """
+    from rl.pacing import DQNPacingBidder, PacingQNet
+
+    version = store.serving_version("budget")
+    if version is None:
+        return None, None, None
+    try:
+        tensors, meta = store.load("budget", version, PacingQNet.INPUT_SCHEMA)
+        net = PacingQNet(int(meta.get("config", {}).get("hidden", 64)))
+        net.load_state_dict(tensors, strict=True)
+        bidder = DQNPacingBidder(
+            net.eval(), float(meta["b0"]), mean_pctr, int(meta["slots"])
+        )
+    except (WeightsError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        return version, None, f"{type(exc).__name__}: {exc}"
+    return version, bidder, None
+
+
+def train_and_promote_budget(
+    settings: Settings,
+    args: argparse.Namespace,
+    *,
+    store: WeightStore | None = None,
+    show: bool = True,
+) -> PromotionResult:
+    """Train Budget's pacing network on iPinYou and gate it like the Content one.
+
+    The candidate and the serving pacer replay the same evaluation episodes (the
+    later half of the log, never trained on); the gate is the paired bootstrap over
+    episodes of the expected clicks won (sum of pCTR over impressions bought).
+    """
+    from rl.envs.auction import AuctionEnv, load_ipinyou
+    from rl.pacing import (
+        LinearBidder,
+        PacerTrainingConfig,
+        train_dqn_pacer,
+        tune_linear,
+    )
+    from rl.pacing_report import parse_c0
+
+    started = time.perf_counter()
+    tolerance = _tolerance(settings, args.tolerance)
+    store = store or open_store(settings)
+    out = Path(args.out)
+
+    # Train on the first half of the log -----------------------------------------
+    env = AuctionEnv(load_ipinyou(), parse_c0(args.c0))
+    mean_pctr = env.mean_pctr("train")
+    b0 = tune_linear(env).params["b0"]
+    config = PacerTrainingConfig(
+        seed=args.seed, iterations=args.iterations, hidden=args.hidden
+    )
+    training = train_dqn_pacer(env, b0, config)
+
+    # Replay candidate, serving and linear on the evaluation episodes -------------
+    episodes = env.episodes("eval")
+    candidate_run = env.run(training.bidder(mean_pctr), episodes)
+    linear_run = env.run(LinearBidder(b0, mean_pctr), episodes)
+    serving_version, serving_bidder, problem = load_serving_pacer(store, env, mean_pctr)
+    serving_run = (
+        env.run(serving_bidder, episodes) if serving_bidder is not None else None
+    )
+    n_boot, seed = args.n_bootstrap, args.seed
+    candidate_figures = _episode_values(candidate_run, n_boot, seed)
+    figures = {
+        "candidate": candidate_figures,
+        "serving": _episode_values(serving_run, n_boot, seed) if serving_run else None,
+        "linear": _episode_values(linear_run, n_boot, seed),
+    }
+
+    # Gate -------------------------------------------------------------------------
+    paired = None
+    if problem is not None:
+        decision = GateDecision(
+            promote=args.force,
+            passed=False,
+            forced=args.force,
+            reason=f"serving version {serving_version} cannot be evaluated: {problem}",
+            tolerance=tolerance,
+            estimator="replay",
+            serving_version=serving_version,
+        )
+    elif serving_run is None:
+        decision = decide_promotion(
+            serving_version=None,
+            tolerance=tolerance,
+            estimator="replay",
+            force=args.force,
+        )
+    else:
+        paired = paired_mean_bootstrap(
+            candidate_run.expected_clicks,
+            serving_run.expected_clicks,
+            n_bootstrap=n_boot,
+            seed=seed,
+        )
+        decision = decide_promotion(
+            serving_version=serving_version,
+            serving_value=float(serving_run.expected_clicks.mean()),
+            difference=paired.estimate,
+            difference_low=paired.low,
+            difference_high=paired.high,
+            tolerance=tolerance,
+            estimator="replay",
+            force=args.force,
+        )
+
+    # Publish ------------------------------------------------------------------------
+    value = candidate_figures["expected_clicks"]
+    version = None
+    if decision.promote:
+        version = store.publish(
+            "budget",
+            training.net.state_dict(),
+            {
+                **_jsonable(training.metadata(env)),
+                "network": {"class": "PacingQNet", "hidden": config.hidden},
+                "data": {
+                    "source": "ipinyou/2997",
+                    "c0": env.c0,
+                    "train_episodes": int(env.episodes("train").size),
+                    "eval_episodes": int(episodes.size),
+                },
+                "ope": {
+                    "estimator": "replay expected clicks per episode",
+                    "value": value["estimate"],
+                    "low": value["low"],
+                    "high": value["high"],
+                    "all": _jsonable(figures),
+                },
+                "paired": paired.to_dict() if paired else None,
+                "promotion": decision.to_dict(),
+            },
+        )
+        store.set_serving("budget", version)
+    if decision.forced:
+        logger.warning(_LOG_FORCED, "budget", version, "REFUSE", decision.reason)
+    logger.info(_LOG_DECISION, "budget", decision.promote, decision.reason)
+
+    # Report -------------------------------------------------------------------------
+    table = format_pacing_table(
+        figures,
+        serving_version,
+        title=(
+            f"Pacing replay on the {episodes.size} evaluation episodes of iPinYou "
+            f"2997 (c0 {args.c0}, {n_boot} bootstrap resamples, 95% intervals)"
+        ),
+    )
+    report = {
+        "agent": "budget",
+        "version": version,
+        "decision": decision.to_dict(),
+        "paired": paired.to_dict() if paired else None,
+        "figures": figures,
+        "serving": {"version": serving_version, "problem": problem},
+        "training": {
+            "losses": training.losses,
+            "gains": training.gains,
+            "seconds": training.seconds,
+            "b0": b0,
+            "config": asdict(config),
+        },
+        "duration_s": time.perf_counter() - started,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "budget_report.json"
+    report_path.write_text(json.dumps(_jsonable(report), indent=2))
+    curves_path = _plot_pacer(training, out / "budget_learning_curves.png")
+    if show:
+        print(table)
+        print(format_decision(decision, version, paired))
+        print(f"report: {report_path}\ncurves: {curves_path}")
+    return PromotionResult(
+        agent="budget",
+        decision=decision,
+        version=version,
+        report=report,
+        report_path=report_path,
+        curves_path=curves_path,
+        table=table,
+    )
+
+
+def format_pacing_table(
+    figures: dict[str, dict[str, Any] | None],
+    serving_version: int | None,
+    *,
+    title: str,
+) -> str:
+    """Render the pacers' replay results as an aligned table."""
+    header = ["pacer", "expected clicks / episode [95% CI]", "clicks", "spend/budget"]
+    rows = [header]
+    serving = f"serving v{serving_version}" if serving_version else "serving (none)"
+    labels = {
+        "candidate": "candidate (DQN)",
+        "serving": serving,
+        "linear": "linear bidding (tuned b0)",
+    }
+    for key, label in labels.items():
+        found = figures.get(key)
+        if not found:
+            rows.append([label, "-", "-", "-"])
+            continue
+        rows.append(
+            [
+                label,
+                _interval(found["expected_clicks"]),
+                str(found["clicks"]),
+                f"{found['spend_share']:.3f}",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [title]
+    for index, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _plot_pacer(training: Any, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, (loss_ax, gain_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_ax.plot(training.losses)
+    loss_ax.set_xlabel("iteration")
+    loss_ax.set_ylabel("mean Huber loss")
+    loss_ax.set_yscale("log")
+    gain_ax.plot(training.gains)
+    gain_ax.axhline(0.0, color="gray", ls=":", lw=1, label="linear bidding")
+    gain_ax.set_xlabel("iteration")
+    gain_ax.set_ylabel("episode gain over linear (scaled)")
+    gain_ax.legend(fontsize=8)
+    figure.suptitle("Budget pacing Q-network training")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 # Command line --------------------------------------------------------------------
@@ -663,7 +956,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--policy", choices=("random", "bts"), default="random",
         help="OBD logging policy whose log trains the network (content)",
     )  # fmt: skip
-    parser.add_argument("--steps", type=int, default=1500, help="gradient steps")
+    parser.add_argument(
+        "--steps", type=int, default=1500, help="gradient steps (content)"
+    )
+    parser.add_argument(
+        "--c0", default="1/32", help="budget ratio of the pacing episodes (budget)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=120,
+        help="batches of pacing episodes played while training (budget)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--hidden", type=int, default=64)
@@ -715,7 +1017,7 @@ def run_from_args(settings: Settings, args: argparse.Namespace) -> int:
     """
     try:
         if args.agent == "budget":
-            outcome = train_and_promote_budget(settings, args)
+            outcome: PromotionResult = train_and_promote_budget(settings, args)
         else:
             outcome = train_and_promote(
                 settings,
