@@ -57,6 +57,7 @@ import httpx
 import numpy as np
 import redis
 
+from ad_orchestrator.errors import ConfigError
 from ad_orchestrator.schemas import Creative
 from ad_orchestrator.settings import DATA_DIR, Settings
 
@@ -151,6 +152,21 @@ class CreativeConfig:
     topic_min_score: float = 0.3
     safety_min_score: float = 0.35
     max_text_chars: int = 5000
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                continue
+            if (
+                not isinstance(value, int | float)
+                or value < 0
+                or (value == 0 and name not in ("fetch_wait_s", "topic_min_score"))
+            ):
+                raise ConfigError(
+                    f"creative setting `{name}` must be a positive number, but got "
+                    f"{value!r}; set ADORCH_CREATIVE_{name.upper()} to one"
+                )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CreativeConfig:

@@ -31,6 +31,7 @@ from ad_orchestrator.creatives import (
     read_cache_stats,
     sentiment,
 )
+from ad_orchestrator.errors import ConfigError
 from ad_orchestrator.schemas import Creative
 from ad_orchestrator.settings import Settings, load_settings
 
@@ -133,6 +134,21 @@ def test_has_text(creative: Creative, expected: bool) -> None:
 def test_cached_analysis_from_other_versions_or_broken_is_ignored(raw: str) -> None:
     """A cached value that does not fit is treated as a miss, never trusted."""
     assert CreativeAnalysis.from_json(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"fetch_timeout_s": 0}, "`fetch_timeout_s` must be a positive number"),
+        ({"fetch_max_bytes": -1}, "`fetch_max_bytes` must be a positive number"),
+        ({"cache_ttl_s": "long"}, "`cache_ttl_s` must be a positive number"),
+        ({"top_k": 0}, "ADORCH_CREATIVE_TOP_K"),
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict, message: str) -> None:
+    """Non-positive or non-numeric settings are refused, naming the setting."""
+    with pytest.raises(ConfigError, match=message):
+        CreativeConfig(**overrides)
 
 
 # Analysis and cache ------------------------------------------------------------------
