@@ -7,7 +7,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install run replay-openrtb test test-unit lint worker beat flower web \
-	train train-budget weights ope-validate pacing-report bench bench-dqn \
+	train train-budget weights ope-validate pacing-report bench bench-agents bench-dqn \
 	bench-web redis-start redis-stop clean
 
 help: ## list the targets
@@ -70,6 +70,9 @@ pacing-report: $(STAMP) ## iPinYou 2997: linear vs PID vs DQN pacing, PNG and ta
 
 bench: $(STAMP) ## decision latency vs the Celery floor, decisions/s by batch size
 	$(PY) -m benchmarks.pipeline $(ARGS)
+
+bench-agents: $(STAMP) ## agents' decide() on a 256-request batch, cold and cached
+	$(PY) -m benchmarks.agents $(ARGS)
 
 bench-dqn: $(STAMP) ## DQN training throughput vs a plain reference loop
 	$(PY) -m benchmarks.dqn_throughput $(ARGS)

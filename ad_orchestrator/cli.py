@@ -33,10 +33,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _replay_openrtb(args: argparse.Namespace) -> int:
+    from ad_orchestrator.app import runtime
+    from ad_orchestrator.creatives import read_cache_stats
     from ad_orchestrator.replay_openrtb import format_reports, replay_folder
 
-    reports = replay_folder(load_settings(), args.folder, args.timeout)
-    print(format_reports(reports))
+    settings = load_settings()
+    reports = replay_folder(settings, args.folder, args.timeout)
+    print(format_reports(reports, read_cache_stats(runtime().redis, settings)))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(reports, indent=2))

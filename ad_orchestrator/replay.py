@@ -286,9 +286,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"service CTR, SNIPW   {line('snipw')}",
         f"logging policy CTR   {line('logging_ctr')}",
         f"weights versions     {summary['weights_versions']}",
+        f"creative cache       {_cache_line(summary.get('creative_cache', {}))}",
         f"summary written to   {summary.get('summary_path', '-')}",
     ]
     return "\n".join(lines)
+
+
+def _cache_line(stats: dict[str, Any]) -> str:
+    if not stats.get("hits") and not stats.get("misses"):
+        return "no text creatives analysed (OBD items are feature-only)"
+    return (
+        f"hit rate {stats.get('hit_rate', 0):.3f} ({stats.get('hits')} hits, "
+        f"{stats.get('misses')} misses, {stats.get('analysed')} model analyses)"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

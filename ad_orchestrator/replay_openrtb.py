@@ -76,7 +76,9 @@ def replay_folder(
     return reports
 
 
-def format_reports(reports: list[dict[str, Any]]) -> str:
+def format_reports(
+    reports: list[dict[str, Any]], cache: dict[str, Any] | None = None
+) -> str:
     """Render the replay: one BidResponse (or rejection) per request file."""
     lines = []
     for report in reports:
@@ -93,6 +95,12 @@ def format_reports(reports: list[dict[str, Any]]) -> str:
     lines.append(
         f"{len(reports)} requests: {bids} bids, {no_bids} no-bids, {rejected} rejected"
     )
+    if cache:
+        lines.append(
+            f"creative cache: hit rate {cache.get('hit_rate', 0):.3f} "
+            f"({cache.get('hits')} hits, {cache.get('misses')} misses, "
+            f"{cache.get('analysed')} model analyses of unique creatives)"
+        )
     return "\n".join(lines)
 
 

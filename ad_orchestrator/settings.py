@@ -73,6 +73,25 @@ class Settings(BaseSettings):
     )
     reservation_window_s: int = Field(default=300, gt=0)
 
+    # Creative understanding (defaults in ad_orchestrator.creatives.CreativeConfig)
+    creative_fetch_timeout_s: float | None = None
+    creative_fetch_max_bytes: int | None = None
+    creative_fetch_allow_private: bool | None = Field(
+        default=None, description="Let landing pages on private addresses load."
+    )
+    creative_fetch_workers: int | None = None
+    creative_fetch_wait_s: float | None = None
+    creative_cache_ttl_s: int | None = None
+    creative_error_ttl_s: int | None = None
+    creative_pending_ttl_s: int | None = None
+    creative_top_k: int | None = None
+    creative_topic_min_score: float | None = None
+    creative_safety_min_score: float | None = None
+    creative_max_text_chars: int | None = None
+    creative_preload: bool = Field(
+        default=False, description="Load the sentence model when a worker starts."
+    )
+
     # Files ----------------------------------------------------------------------------
     graph_path: Path = CONFIG_DIR / "agent_graph.yaml"
     campaigns_path: Path = CONFIG_DIR / "campaigns.yaml"
