@@ -59,7 +59,7 @@ from rl.dqn import (
     select_action,
     soft_update,
 )
-from rl.envs.auction import AuctionEnv, EpisodeContext, RunResult, Split
+from rl.envs.auction import AuctionEnv, EpisodeContext, Split
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,6 @@ MIN_MULTIPLIER = 0.05
 MAX_MULTIPLIER = 20.0
 PlanKind = Literal["even", "shaped"]
 RewardKind = Literal["expected", "clicks", "mixed"]
-RewardTiming = Literal["terminal", "slot"]
 
 
 # Linear bidding -------------------------------------------------------------------
@@ -618,7 +617,7 @@ class PacerTrainingConfig:
     """Episodes per batch, windows at random offsets in the training split."""
     slots: int = 20
     """Pacing decisions per episode."""
-    updates_per_iteration: int = 40
+    updates_per_iteration: int = 20
     """Gradient steps after each batch."""
     batch_size: int = 256
     """Transitions per gradient step."""
@@ -643,9 +642,8 @@ class PacerTrainingConfig:
     reward: RewardKind = "expected"
     """Episode value: `expected` clicks (sum of pCTR won), realised `clicks`, or
     `mixed` (clicks plus expected clicks, each over the linear bidder's)."""
-    timing: RewardTiming = "terminal"
-    """`terminal`: the episode's gain at the last slot; `slot`: each slot's gain in
-    expected clicks (the same sum, spread over the slots it was won in)."""
+    window_stride: int = 20
+    """Rows between the starts of two training windows."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -656,6 +654,7 @@ class PacerTrainingConfig:
             "batch_size",
             "hidden",
             "buffer_size",
+            "window_stride",
         ):
             if getattr(self, name) < 1:
                 raise LearningError(
@@ -713,10 +712,42 @@ class PacerTraining:
         }
 
 
-def _curve(result: RunResult) -> np.ndarray:
-    if result.value_curve is None:
-        raise LearningError("the run was not recorded; pass `record=True`")
-    return result.value_curve
+@dataclass(frozen=True, slots=True)
+class WindowReference:
+    """The linear bidder's results on every training window, played once.
+
+    Attributes:
+        starts: `(windows,)` first auction row of each window.
+        clicks: `(windows,)` clicks the linear bidder wins there.
+        expected_clicks: `(windows,)` its sum of pCTR over impressions won.
+    """
+
+    starts: np.ndarray
+    clicks: np.ndarray
+    expected_clicks: np.ndarray
+
+
+def linear_reference(
+    env: AuctionEnv, b0: float, split: Split = "train", stride: int = 20
+) -> WindowReference:
+    """Play the linear bidder on windows starting every `stride` rows of `split`.
+
+    Args:
+        env: The environment.
+        b0: The linear bidder's base bid.
+        split: Where the windows lie (each one wholly inside it).
+        stride: Rows between two window starts.
+    """
+    first, end = env.split_bounds(split)
+    if end - first < env.horizon:
+        raise LearningError(
+            f"split {split!r} holds {end - first} auctions, fewer than one episode"
+        )
+    if stride < 1:
+        raise LearningError(f"`stride` must be at least 1, but got {stride}")
+    starts = np.arange(first, end - env.horizon + 1, stride)
+    result = env.run_windows(LinearBidder(b0, env.mean_pctr("train")), starts)
+    return WindowReference(starts, result.clicks, result.expected_clicks)
 
 
 def train_dqn_pacer(
@@ -725,12 +756,14 @@ def train_dqn_pacer(
     config: PacerTrainingConfig | None = None,
     *,
     split: Split = "train",
+    reference: WindowReference | None = None,
 ) -> PacerTraining:
     """Train the DQN pacer on random episode windows of `split`.
 
-    Each iteration plays `lanes` windows twice, with the exploring pacer and with
-    the linear bidder at `b0`, stores one transition per slot and lane with the
-    episode-level terminal reward (see the module docstring), then takes
+    Each iteration plays `lanes` windows with the exploring pacer, compares each
+    with the linear bidder at `b0` on the same window (`linear_reference`, played
+    once), stores one transition per slot and lane with the episode-level
+    terminal reward (see the module docstring), then takes
     `updates_per_iteration` double-DQN steps (`rl.dqn.dqn_update`).
 
     Args:
@@ -738,6 +771,8 @@ def train_dqn_pacer(
         b0: The tuned linear base bid the pacer scales.
         config: Training settings.
         split: Where the windows come from; never the evaluation split.
+        reference: The linear results on the training windows, when already
+            computed (they depend on `env`, `b0`, `split` and the stride only).
 
     Returns:
         The trained network and its history.
@@ -746,17 +781,11 @@ def train_dqn_pacer(
     started = time.perf_counter()
     rng = seed_everything(config.seed)
     mean_pctr = env.mean_pctr("train")
-    first, end = env.split_bounds(split)
-    if end - first < env.horizon:
-        raise LearningError(
-            f"split {split!r} holds {end - first} auctions, fewer than one episode"
-        )
 
-    # The linear bidder's mean value per episode sets the reward's scale.
-    linear = LinearBidder(b0, mean_pctr)
-    base = env.run(linear, env.episodes(split))
-    scale_expected = max(float(base.expected_clicks.mean()), 1e-6)
-    scale_clicks = max(float(base.clicks.mean()), 1e-6)
+    # The linear bidder's results on every window the pacer may play, once.
+    windows = reference or linear_reference(env, b0, split, config.window_stride)
+    scale_expected = max(float(windows.expected_clicks.mean()), 1e-6)
+    scale_clicks = max(float(windows.clicks.mean()), 1e-6)
 
     online = PacingQNet(config.hidden)
     target = copy.deepcopy(online)
@@ -768,17 +797,16 @@ def train_dqn_pacer(
     gains: list[float] = []
 
     for iteration in range(config.iterations):
-        # Play: the same windows for the exploring pacer and the linear reference.
-        starts = rng.integers(first, end - env.horizon + 1, size=config.lanes)
+        # Play windows whose linear results are known, exploring.
+        pick = rng.integers(0, windows.starts.shape[0], size=config.lanes)
         bidder.epsilon = linear_epsilon(
             config.epsilon_start, config.epsilon_end, duration, iteration
         )
-        played = env.run_windows(bidder, starts, record=True)
-        reference = env.run_windows(linear, starts, record=True)
+        played = env.run_windows(bidder, windows.starts[pick])
         gain_expected = (
-            played.expected_clicks - reference.expected_clicks
+            played.expected_clicks - windows.expected_clicks[pick]
         ) / scale_expected
-        gain_clicks = (played.clicks - reference.clicks) / scale_clicks
+        gain_clicks = (played.clicks - windows.clicks[pick]) / scale_clicks
         gain = {
             "expected": gain_expected,
             "clicks": gain_clicks,
@@ -791,13 +819,7 @@ def train_dqn_pacer(
         actions = np.stack(bidder.actions)
         n_slots = states.shape[0]
         rewards = np.zeros((n_slots, config.lanes), dtype=np.float32)
-        if config.timing == "terminal":
-            rewards[-1] = gain
-        else:
-            ends = np.minimum(np.arange(1, n_slots + 1) * bidder.slot_len, env.horizon)
-            own = np.diff(_curve(played)[:, ends - 1], axis=1, prepend=0.0)
-            ref = np.diff(_curve(reference)[:, ends - 1], axis=1, prepend=0.0)
-            rewards[:] = ((own - ref) / scale_expected).T
+        rewards[-1] = gain
         dones = np.zeros((n_slots, config.lanes), dtype=bool)
         dones[-1] = True
         next_states = np.concatenate([states[1:], states[-1:]], axis=0)
@@ -866,9 +888,12 @@ def train_dqn_pacer_selected(
         raise LearningError("`seeds` must hold at least one seed")
     base = config or PacerTrainingConfig()
     mean_pctr = env.mean_pctr("train")
+    reference = linear_reference(env, b0, split, base.window_stride)
     runs, scores = [], []
     for seed in seeds:
-        training = train_dqn_pacer(env, b0, replace(base, seed=seed), split=split)
+        training = train_dqn_pacer(
+            env, b0, replace(base, seed=seed), split=split, reference=reference
+        )
         summary = env.evaluate(training.bidder(mean_pctr), split)
         runs.append(training)
         scores.append(

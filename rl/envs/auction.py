@@ -265,8 +265,6 @@ class RunResult:
         spend: `(lanes,)` total paid.
         expected_clicks: `(lanes,)` sum of pCTR over the auctions won.
         spend_curve: `(lanes, horizon)` spend after each auction, when recorded.
-        value_curve: `(lanes, horizon)` expected clicks won after each auction,
-            when recorded.
     """
 
     budget: int
@@ -276,7 +274,6 @@ class RunResult:
     spend: np.ndarray
     expected_clicks: np.ndarray
     spend_curve: np.ndarray | None = None
-    value_curve: np.ndarray | None = None
 
     def summary(self, lanes: np.ndarray | slice | None = None) -> Summary:
         """Add up the lanes (all of them by default)."""
@@ -427,7 +424,6 @@ class AuctionEnv:
         won_clicks = np.zeros(lanes, dtype=np.int64)
         expected = np.zeros(lanes, dtype=np.float64)
         curve = np.zeros((lanes, horizon), dtype=np.int64) if record else None
-        value_curve = np.zeros((lanes, horizon)) if record else None
         bidder.reset(
             EpisodeContext(
                 lanes=lanes,
@@ -446,9 +442,8 @@ class AuctionEnv:
             impressions += won
             won_clicks += np.where(won, clicks[:, t], 0)
             expected += np.where(won, pctr[:, t], 0.0)
-            if curve is not None and value_curve is not None:
+            if curve is not None:
                 curve[:, t] = self.budget - remaining
-                value_curve[:, t] = expected
             bidder.observe(t, won, cost)
         return RunResult(
             budget=self.budget,
@@ -458,7 +453,6 @@ class AuctionEnv:
             spend=self.budget - remaining,
             expected_clicks=expected,
             spend_curve=curve,
-            value_curve=value_curve,
         )
 
     def run_episode(self, bidder: Bidder, episode: int) -> Summary:
