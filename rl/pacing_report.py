@@ -38,6 +38,7 @@ from rl.pacing import (
     PacerTrainingConfig,
     PIDBidder,
     PIDConfig,
+    publish_pacer,
     spend_plan,
     train_dqn_pacer_selected,
     tune_linear,
@@ -120,6 +121,7 @@ def run_c0(
     *,
     seeds: Sequence[int] = (0, 1, 2),
     weights: bool = True,
+    publish: bool = False,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
     """Tune, train and evaluate the three bidders at one budget ratio.
 
@@ -172,6 +174,23 @@ def run_c0(
         meta = {k: json.dumps(v) for k, v in training.metadata(env).items()}
         save_file(training.net.state_dict(), str(path), metadata=meta)
         results["weights"] = str(path)
+    if publish:
+        from ad_orchestrator.settings import load_settings
+        from ad_orchestrator.weights import open_store
+
+        evaluation = {
+            split: {name: row["clicks"] for name, row in rows.items()}
+            for split, rows in results["splits"].items()
+        }
+        version = publish_pacer(
+            open_store(load_settings()),
+            training,
+            env,
+            evaluation=evaluation,
+            serve=True,
+        )
+        results["published_version"] = version
+        logger.info("published budget pacer version %d (c0=%.5f)", version, c0)
     results["seconds"] = round(time.perf_counter() - started, 1)
     logger.info("c0=%.5f done in %.1fs", c0, results["seconds"])
     return results, curves, plan
@@ -309,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="budget ratios whose spend curves are drawn",
     )
     parser.add_argument("--no-weights", action="store_true")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="publish the pacer trained at --publish-c0 to the weight store "
+        "(settings from ADORCH_ variables) as agent 'budget' and serve it",
+    )
+    parser.add_argument("--publish-c0", default="1/32")
     return parser
 
 
@@ -325,10 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = PacerTrainingConfig(iterations=args.iterations)
 
     log = load_ipinyou()
+    publish_c0 = parse_c0(args.publish_c0) if args.publish else None
     results, curves = [], {}
     for c0 in c0s:
         entry, per_bidder, plan = run_c0(
-            log, c0, config, out_dir, seeds=args.seeds, weights=not args.no_weights
+            log,
+            c0,
+            config,
+            out_dir,
+            seeds=args.seeds,
+            weights=not args.no_weights,
+            publish=publish_c0 is not None and abs(c0 - publish_c0) < 1e-12,
         )
         results.append(entry)
         if c0 in plot_c0:

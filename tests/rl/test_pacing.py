@@ -24,7 +24,9 @@ from rl.pacing import (
     PacingQNet,
     PIDBidder,
     PIDConfig,
+    load_pacing_policy,
     pacing_state,
+    publish_pacer,
     spend_plan,
     train_dqn_pacer,
     tune_linear,
@@ -314,3 +316,49 @@ def test_report_writes_table_json_and_png(tmp_path: Path) -> None:
     assert "| 1/32 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "pacing_spend.png").stat().st_size > 10_000
     assert list(tmp_path.glob("dqn_pacer_c0_1-32.safetensors"))
+
+
+# The weight store -------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_published_pacer_loads_back_with_the_same_decisions(tmp_path: Path) -> None:
+    """Weights published as agent 'budget' load back into an equal policy."""
+    fakeredis = pytest.importorskip("fakeredis")
+    from ad_orchestrator.settings import load_settings
+    from ad_orchestrator.weights import WeightStore
+
+    settings = load_settings(
+        key_prefix="pacing-test",
+        weights_hmac_key="k" * 32,
+        state_dir=tmp_path / "state",
+    )
+    store = WeightStore(fakeredis.FakeRedis(), settings)
+    env = synthetic_env(episodes=4, horizon=200)
+    config = PacerTrainingConfig(iterations=2, lanes=4, slots=5, batch_size=16)
+    training = train_dqn_pacer(env, 10.0, config)
+
+    version = publish_pacer(
+        store, training, env, evaluation={"eval": {"dqn": 3}}, serve=True
+    )
+    policy, metadata = load_pacing_policy(store)
+
+    assert store.serving_version("budget") == version
+    assert metadata["input_schema"] == PacingQNet.INPUT_SCHEMA
+    assert metadata["evaluation"] == {"eval": {"dqn": 3}}
+    states = np.random.default_rng(0).random((16, STATE_DIM)).astype(np.float32)
+    expected = PacingPolicy(training.net).step(states)
+    assert policy.step(states).tolist() == expected.tolist()
+
+
+def test_loading_with_nothing_served_says_how_to_publish(tmp_path: Path) -> None:
+    """Without a serving version the error names the publishing command."""
+    fakeredis = pytest.importorskip("fakeredis")
+    from ad_orchestrator.settings import load_settings
+    from ad_orchestrator.weights import WeightStore
+
+    settings = load_settings(
+        key_prefix="pacing-empty", weights_hmac_key="k" * 32, state_dir=tmp_path
+    )
+    with pytest.raises(LearningError, match="--publish"):
+        load_pacing_policy(WeightStore(fakeredis.FakeRedis(), settings))
