@@ -359,6 +359,7 @@ def train_and_promote(
 
     # Gate -------------------------------------------------------------------------
     paired = None
+    paired_all: dict[str, Interval] = {}
     if problem is not None:
         decision = GateDecision(
             promote=force,
@@ -374,18 +375,30 @@ def train_and_promote(
             serving_version=None, tolerance=tolerance, estimator=estimator, force=force
         )
     else:
-        paired = paired_bootstrap_difference(
-            policy_action_dist(candidate, test_log, config.epsilon_end, test_masks),
-            policy_action_dist(serving_net, test_log, config.epsilon_end, test_masks),
-            reward=test_log.rewards,
-            action=test_log.actions,
-            pscore=test_log.pscore,
-            position=test_log.position_index,
-            estimated_rewards=estimated_rewards,
-            estimator=estimator,
-            n_bootstrap=config.n_bootstrap,
-            seed=config.seed,
+        new_dist = policy_action_dist(
+            candidate, test_log, config.epsilon_end, test_masks
         )
+        old_dist = policy_action_dist(
+            serving_net, test_log, config.epsilon_end, test_masks
+        )
+        # Every estimator's paired difference goes in the report; the gate reads
+        # the chosen one.
+        paired_all = {
+            name: paired_bootstrap_difference(
+                new_dist,
+                old_dist,
+                reward=test_log.rewards,
+                action=test_log.actions,
+                pscore=test_log.pscore,
+                position=test_log.position_index,
+                estimated_rewards=estimated_rewards,
+                estimator=name,
+                n_bootstrap=config.n_bootstrap,
+                seed=config.seed,
+            )
+            for name in REPORTED
+        }
+        paired = paired_all[estimator]
         decision = decide_promotion(
             serving_version=serving_version,
             serving_value=serving_ope["policy"][estimator]["estimate"],
@@ -436,7 +449,7 @@ def train_and_promote(
                     if serving_ope
                     else None
                 ),
-                "paired": paired.to_dict() if paired else None,
+                "paired": {k: v.to_dict() for k, v in paired_all.items()} or None,
                 "promotion": gate,
                 "training": {
                     "config": _jsonable(asdict(config)),
@@ -466,7 +479,7 @@ def train_and_promote(
         "agent": "content",
         "version": version,
         "decision": gate,
-        "paired": paired.to_dict() if paired else None,
+        "paired": {k: v.to_dict() for k, v in paired_all.items()} or None,
         "candidate": candidate_ope,
         "serving": {"version": serving_version, "ope": serving_ope},
         "references": references,
@@ -483,6 +496,13 @@ def train_and_promote(
     )
     if show:
         print(table)
+        for name, interval in paired_all.items():
+            if name != estimator:
+                print(
+                    f"candidate - serving v{serving_version} ({name.upper()}, paired "
+                    f"bootstrap, not gating): {interval.estimate:+.6f} "
+                    f"[{interval.low:+.6f}, {interval.high:+.6f}]"
+                )
         print(format_decision(decision, version, paired))
         print(f"report: {report_path}\ncurves: {curves_path}")
     return PromotionResult(

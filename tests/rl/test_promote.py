@@ -234,7 +234,8 @@ def test_pipeline_compares_with_the_serving_version(store, small_log, tmp_path):
     assert outcome.decision.difference == pytest.approx(0.0)
     assert outcome.decision.promote
     assert outcome.version == 2
-    assert outcome.report["paired"]["n_bootstrap"] == 50
+    assert set(outcome.report["paired"]) == {"ipw", "snipw", "dr"}
+    assert outcome.report["paired"]["snipw"]["n_bootstrap"] == 50
     assert "serving v1" in outcome.table
 
 
