@@ -49,11 +49,22 @@ log = logging.getLogger(__name__)
 AGENT_MODULES = ("tasks.context", "tasks.content", "tasks.budget", "tasks.policy")
 
 
-def create_app(settings: Settings) -> Celery:
+class AdOrchestratorApp(Celery):
+    """The Celery app, carrying the settings it was built from and its Redis URL."""
+
+    def __init__(self, settings: Settings, redis_url: str, **kwargs: Any) -> None:
+        super().__init__("adorch", **kwargs)
+        self.adorch_settings = settings
+        self.adorch_redis_url = redis_url
+
+
+def create_app(settings: Settings) -> AdOrchestratorApp:
     """Build the Celery app for these settings (finding or starting Redis)."""
     redis_url = resolve_redis_url(settings)
     broker = settings.broker_url or to_celery_url(redis_url)
-    celery = Celery("adorch", broker=broker, backend=to_celery_url(redis_url))
+    celery = AdOrchestratorApp(
+        settings, redis_url, broker=broker, backend=to_celery_url(redis_url)
+    )
     celery.conf.update(
         task_serializer=wire.SERIALIZER,
         result_serializer=wire.SERIALIZER,
@@ -78,8 +89,6 @@ def create_app(settings: Settings) -> Celery:
         },
         include=list(AGENT_MODULES),
     )
-    celery.adorch_settings = settings  # type: ignore[attr-defined]
-    celery.adorch_redis_url = redis_url  # type: ignore[attr-defined]
     return celery
 
 
@@ -135,7 +144,7 @@ def runtime() -> Runtime:
     """Return this process's runtime, rebuilding it after a fork."""
     global _runtime
     if _runtime is None or _runtime.pid != os.getpid():
-        _runtime = Runtime(app.adorch_settings, app.adorch_redis_url)  # type: ignore[attr-defined]
+        _runtime = Runtime(app.adorch_settings, app.adorch_redis_url)
     return _runtime
 
 
@@ -166,7 +175,7 @@ def agent_task(cls: type[Agent[Any]]) -> Task:
     run_agent.__doc__ = f"Run the {cls.name} agent on a packed batch of requests."
     task: Task = app.task(name=f"adorch.agent.{cls.name}")(run_agent)
     module = __import__(cls.__module__, fromlist=["AGENT_CLASS"])
-    module.AGENT_CLASS = cls
+    setattr(module, "AGENT_CLASS", cls)  # noqa: B010 - found by worker_process_init
     return task
 
 
@@ -201,7 +210,7 @@ def redacted(args: Any) -> str:
     return f"({len(args or ())} argument(s))"
 
 
-class EdgeTask(Task):  # type: ignore[misc]
+class EdgeTask(Task):
     """A task that callers send requests to: its arguments never reach a log."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -62,8 +62,11 @@ class FeedbackLog:
 
     def served(self, decision_id: str) -> tuple[str, str]:
         """Return the campaign a decision served and its user's hash ('' unknown)."""
-        campaign, user = self.redis.hmget(
-            self.settings.key("decision", decision_id), "campaign", "user"
+        campaign, user = cast(
+            list[bytes | None],
+            self.redis.hmget(
+                self.settings.key("decision", decision_id), ["campaign", "user"]
+            ),
         )
         return (campaign or b"").decode(), (user or b"").decode()
 
@@ -105,7 +108,10 @@ class FeedbackLog:
 
     def counters(self, campaign_id: str) -> dict[str, int]:
         """Return a campaign's feedback counters."""
-        raw = self.redis.hgetall(self.settings.key("counters", campaign_id))
+        raw = cast(
+            dict[bytes, bytes],
+            self.redis.hgetall(self.settings.key("counters", campaign_id)),
+        )
         return {
             (k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()
         }

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import redis
 import yaml
@@ -133,6 +134,13 @@ class CampaignState:
         return self.budget - self.spent - self.reserved
 
 
+def _text(raw: object) -> str:
+    """Return a Redis reply (bytes, str or None) as text ('' for None)."""
+    if isinstance(raw, bytes):
+        return raw.decode()
+    return "" if raw is None else str(raw)
+
+
 class BudgetLedger:
     """Atomic budget bookkeeping for every campaign, shared by all workers."""
 
@@ -168,7 +176,7 @@ class BudgetLedger:
         ids = list(dict.fromkeys(campaign_ids))
         pipe = self.redis.pipeline(transaction=False)
         for campaign_id in ids:
-            pipe.hmget(self._campaign_key(campaign_id), "spent", "reserved")
+            pipe.hmget(self._campaign_key(campaign_id), ["spent", "reserved"])
         found = {}
         for campaign_id, (spent, reserved) in zip(ids, pipe.execute(), strict=True):
             found[campaign_id] = CampaignState(
@@ -208,12 +216,9 @@ class BudgetLedger:
         reservation (already settled, released, or never made): settling twice
         changes nothing.
         """
-        campaign_id = self.redis.hget(self._resv_key(decision_id), "campaign")
-        if campaign_id is None:
+        campaign = _text(self.redis.hget(self._resv_key(decision_id), "campaign"))
+        if not campaign:
             return None
-        campaign = (
-            campaign_id.decode() if isinstance(campaign_id, bytes) else campaign_id
-        )
         spent = self._settle(
             keys=[self._resv_key(decision_id), self._due_key,
                   self._campaign_key(campaign)],
@@ -223,16 +228,16 @@ class BudgetLedger:
 
     def release_expired(self, now: float | None = None) -> int:
         """Release reservations whose window passed with no impression; count them."""
-        due = self.redis.zrangebyscore(
-            self._due_key, "-inf", now if now is not None else time.time()
+        due = cast(
+            list[bytes],
+            self.redis.zrangebyscore(
+                self._due_key, "-inf", now if now is not None else time.time()
+            ),
         )
         released = 0
         for raw in due:
-            decision_id = raw.decode() if isinstance(raw, bytes) else raw
-            campaign_id = self.redis.hget(self._resv_key(decision_id), "campaign")
-            campaign = (
-                campaign_id.decode() if isinstance(campaign_id, bytes) else campaign_id
-            )
+            decision_id = _text(raw)
+            campaign = _text(self.redis.hget(self._resv_key(decision_id), "campaign"))
             keys = [self._resv_key(decision_id), self._due_key,
                     self._campaign_key(campaign or "_gone")]  # fmt: skip
             released += int(self._release(keys=keys, args=[decision_id]) > 0)

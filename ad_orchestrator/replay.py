@@ -161,7 +161,7 @@ def run_replay(settings: Settings, options: ReplayOptions) -> dict[str, Any]:
             started_worker.stop()
     summary["redis"] = (
         "embedded" if "redis.sock" in app.adorch_redis_url else "external"
-    )  # type: ignore[attr-defined]
+    )
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(summary, indent=2, default=str))
     summary["summary_path"] = str(options.out)

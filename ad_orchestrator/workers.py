@@ -68,7 +68,9 @@ def start_worker(
 ) -> WorkerProcess:
     """Start a prefork worker on `queue` and wait until it answers a ping."""
     env = dict(os.environ, **(extra_env or {}))
-    env["ADORCH_REDIS_URL"] = app.adorch_redis_url  # type: ignore[attr-defined]
+    env["ADORCH_REDIS_URL"] = getattr(
+        app, "adorch_redis_url", env.get("ADORCH_REDIS_URL", "")
+    )
     logdir.mkdir(parents=True, exist_ok=True)
     logfile = logdir / f"{name}.log"
     node = f"{name}-{os.getpid()}@localhost"
