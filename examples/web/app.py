@@ -34,8 +34,10 @@ from ad_orchestrator.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-# Kept back from the deadline for serialising and sending the answer.
-RESPONSE_MARGIN_S = 0.015
+# Kept back from the deadline for serialising and sending the answer: a share of
+# tmax, and never less than a floor, since a busy host delays the last steps too.
+RESPONSE_MARGIN_SHARE = 0.1
+RESPONSE_MARGIN_MIN_S = 0.02
 # Never wait less than this for the service, even when the deadline is nearly gone.
 MIN_WAIT_S = 0.005
 
@@ -63,7 +65,8 @@ def wait_budget(tmax_s: float, arrived: float, now: float | None = None) -> floa
         now: The current monotonic time (defaults to now).
     """
     spent = (time.monotonic() if now is None else now) - arrived
-    return max(tmax_s - spent - RESPONSE_MARGIN_S, MIN_WAIT_S)
+    margin = max(RESPONSE_MARGIN_SHARE * tmax_s, RESPONSE_MARGIN_MIN_S)
+    return max(tmax_s - spent - margin, MIN_WAIT_S)
 
 
 def _problem(status: int, payload: dict[str, Any]) -> JSONResponse:
