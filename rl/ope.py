@@ -245,9 +245,9 @@ class Interval:
     alpha: float
     n_bootstrap: int
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | int]:
         """Return the interval as JSON-ready numbers."""
-        return {k: float(v) for k, v in asdict(self).items()}
+        return asdict(self)
 
 
 def _bootstrap(

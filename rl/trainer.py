@@ -89,7 +89,7 @@ class TrainConfig:
     """Exploration rate once the schedule ends (what the trained model serves)."""
     epsilon_fraction: float = 0.5
     """Fraction of the steps over which epsilon falls."""
-    eval_every: int = 250
+    eval_every: int = 500
     """Steps between OPE estimates on the test split (0 turns them off)."""
     n_bootstrap: int = 500
     """Bootstrap resamples of the final OPE intervals."""
@@ -231,6 +231,20 @@ def register_learner(
             "to swap it"
         )
     _LEARNERS[name] = factory
+
+
+def unregister_learner(name: str) -> None:
+    """Remove a registered learner (tests and plug-ins that clean up after them).
+
+    Raises:
+        LearningError: If no learner has that name.
+    """
+    if name not in _LEARNERS:
+        raise LearningError(
+            f"no learner named {name!r} is registered; registered: "
+            f"{registered_learners()}"
+        )
+    del _LEARNERS[name]
 
 
 def registered_learners() -> tuple[str, ...]:

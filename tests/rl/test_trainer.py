@@ -23,6 +23,7 @@ from rl.trainer import (
     register_learner,
     train,
     uniform_action_dist,
+    unregister_learner,
 )
 
 N_ITEMS = 5
@@ -112,7 +113,7 @@ def spy_learner() -> Iterator[list[np.ndarray | None]]:
 
     register_learner("spy", Spy)
     yield seen
-    _LEARNERS.pop("spy")
+    unregister_learner("spy")
 
 
 def true_value(dist: np.ndarray, ctr: np.ndarray) -> float:
@@ -205,6 +206,12 @@ def test_register_learner_refuses_duplicates() -> None:
     """A second learner under a taken name needs `replace=True`."""
     with pytest.raises(LearningError, match="already registered"):
         register_learner("content", _LEARNERS["content"])
+
+
+def test_unregister_unknown_learner_is_named() -> None:
+    """Removing a learner nobody registered says which ones exist."""
+    with pytest.raises(LearningError, match="no learner named 'nobody'"):
+        unregister_learner("nobody")
 
 
 def test_unknown_agent_is_named(data) -> None:
