@@ -126,18 +126,24 @@ class BanditLog:
         return out
 
     def contexts_at(self, position: int) -> np.ndarray:
-        """Return `(n, CONTEXT_DIM)` contexts re-encoded as if shown at `position`.
+        """Return `(n, CONTEXT_DIM)` contexts as if every row were shown at `position`.
+
+        Only the position one-hot changes, exactly as `encode_context` would set
+        it, so this is right for any log (also one built from the decision
+        stream, whose device and country `context_fields` cannot recover).
 
         Args:
             position: 1-based position.
         """
-        fields = [
-            self.context_fields(i, position=position) for i in range(self.n_rounds)
-        ]
-        return encode_context(fields)
+        out = without_position(self.contexts)
+        out[:, _POSITION_AT + min(max(position, 0), N_POSITIONS - 1)] = 1.0
+        return out
 
     def context_fields(self, row: int, position: int | None = None) -> ContextFields:
-        """Return the readable context of `row` (optionally at another position)."""
+        """Return the readable context of OBD `row` (optionally at another position).
+
+        OBD has no device or geography: those fields are `unknown` and None.
+        """
         stamp = pd.Timestamp(self.timestamps[row])
         return ContextFields(
             hour=int(stamp.hour),

@@ -46,6 +46,9 @@ def test_contexts_at_other_position_change_only_position(log: BanditLog) -> None
     same = without_position(log.contexts)
     np.testing.assert_array_equal(without_position(moved), same)
     assert not np.array_equal(moved, log.contexts)
+    for row in (0, 777):
+        again = encode_context([log.context_fields(row, position=1)])[0]
+        np.testing.assert_array_equal(moved[row], again)
 
 
 def test_time_ordered_split(log: BanditLog) -> None:
