@@ -107,6 +107,22 @@ def parse_c0(text: str) -> float:
     return value
 
 
+def paired_bootstrap(
+    differences: np.ndarray, *, resamples: int = 5000, seed: int = 0
+) -> dict[str, float]:
+    """Return the total of per-episode differences and its 95% bootstrap interval.
+
+    Episodes are resampled with replacement; each resample's total is the sum of
+    its differences, so the interval says how much of a gain could be luck of
+    which episodes the split holds.
+    """
+    rng = np.random.default_rng(seed)
+    n = differences.shape[0]
+    totals = differences[rng.integers(0, n, size=(resamples, n))].sum(axis=1)
+    low, high = np.percentile(totals, [2.5, 97.5])
+    return {"total": float(differences.sum()), "low": float(low), "high": float(high)}
+
+
 def _row(summary: Summary) -> dict[str, Any]:
     data = summary.to_dict()
     data["ecpc"] = None if not np.isfinite(data["ecpc"]) else data["ecpc"]
@@ -157,10 +173,18 @@ def run_c0(
     }
     curves: dict[str, np.ndarray] = {}
     plot_ids = env.episodes("eval")[:PLOT_EPISODES]
+    per_episode: dict[str, np.ndarray] = {}
     for split in ("train", "eval", "full"):
-        results["splits"][split] = {
-            name: _row(env.evaluate(bidder, split)) for name, bidder in bidders.items()
-        }
+        results["splits"][split] = {}
+        for name, bidder in bidders.items():
+            run = env.run(bidder, env.episodes(split))
+            results["splits"][split][name] = _row(run.summary())
+            if split == "eval":
+                per_episode[name] = run.clicks
+    results["eval_gain_over_linear"] = {
+        name: paired_bootstrap(per_episode[name] - per_episode["linear"])
+        for name in ("pid", "dqn")
+    }
     for name, bidder in bidders.items():
         run = env.run(bidder, plot_ids, record=True)
         if run.spend_curve is not None:
@@ -194,6 +218,26 @@ def run_c0(
     results["seconds"] = round(time.perf_counter() - started, 1)
     logger.info("c0=%.5f done in %.1fs", c0, results["seconds"])
     return results, curves, plan
+
+
+def goals(report: dict[str, Any]) -> dict[str, bool]:
+    """Check the issue's goals against the measured figures."""
+    checks: dict[str, bool] = {}
+    rlb = report["reference"].get("rlb")
+    for entry in report["results"]:
+        if rlb is not None and abs(entry["c0"] - rlb["c0"]) < 1e-12:
+            clicks = entry["splits"]["full"]["dqn"]["clicks"]
+            text = (
+                f"DQN at least RLB's {rlb['clicks']} clicks at c0 = "
+                f"{_fmt_c0(entry['c0'])} on the full log ({clicks})"
+            )
+            checks[text] = clicks >= rlb["clicks"]
+    above = [
+        e["splits"]["eval"]["dqn"]["clicks"] > e["splits"]["eval"]["linear"]["clicks"]
+        for e in report["results"]
+    ]
+    checks["DQN above linear on the evaluation split at every c0"] = all(above)
+    return checks
 
 
 def _fmt_c0(c0: float) -> str:
@@ -250,6 +294,24 @@ def to_markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
+        "## Clicks over linear on the evaluation split",
+        "",
+        "Paired bootstrap over the evaluation episodes (5000 resamples): the 95% "
+        "interval of the total gain in clicks.",
+        "",
+        "| c0 | PID - linear | 95% interval | DQN - linear | 95% interval |",
+        "|---|---:|---|---:|---|",
+    ]
+    for entry in report["results"]:
+        gain = entry["eval_gain_over_linear"]
+        cells = [
+            f"{gain[name]['total']:+.0f} | [{gain[name]['low']:+.0f}, "
+            f"{gain[name]['high']:+.0f}]"
+            for name in ("pid", "dqn")
+        ]
+        lines.append(f"| {_fmt_c0(entry['c0'])} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         "## Tuned parameters (training split)",
         "",
         "| c0 | budget | linear b0 | PID gains | DQN training (s) |",
@@ -261,6 +323,10 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {_fmt_c0(entry['c0'])} | {entry['budget']} | {entry['b0']:g} | "
             f"{gains} | {entry['dqn_training_seconds']} |"
         )
+    goals = report.get("goals", {})
+    if goals:
+        lines += ["", "## Goals", ""]
+        lines += [f"- {text}: {'yes' if met else 'no'}" for text, met in goals.items()]
     lines += ["", f"Whole report: {report['seconds']} s.", ""]
     return "\n".join(lines)
 
@@ -377,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reference": parse_reference(),
         "results": results,
     }
+    report["goals"] = goals(report)
     if curves:
         plot(curves, out_dir / "pacing_spend.png")
     report["seconds"] = round(time.perf_counter() - started, 1)

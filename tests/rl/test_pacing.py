@@ -32,7 +32,7 @@ from rl.pacing import (
     tune_linear,
     tune_pid,
 )
-from rl.pacing_report import main, parse_c0, parse_reference
+from rl.pacing_report import main, paired_bootstrap, parse_c0, parse_reference
 
 
 def synthetic_env(
@@ -362,3 +362,14 @@ def test_loading_with_nothing_served_says_how_to_publish(tmp_path: Path) -> None
     )
     with pytest.raises(LearningError, match="--publish"):
         load_pacing_policy(WeightStore(fakeredis.FakeRedis(), settings))
+
+
+def test_paired_bootstrap_interval_brackets_the_total() -> None:
+    """The interval holds the observed total and excludes 0 for a steady gain."""
+    steady = np.ones(50)
+    noisy = np.array([5.0, -5.0] * 25)
+    low_noise = paired_bootstrap(steady)
+    assert low_noise["total"] == 50
+    assert low_noise["low"] == low_noise["high"] == 50
+    wide = paired_bootstrap(noisy)
+    assert wide["low"] < 0 < wide["high"]
