@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import redis
+from celery import shared_task
 
 from ad_orchestrator.errors import LearningError
 from ad_orchestrator.features import (
@@ -58,6 +59,9 @@ OUT_DIR = REPO_ROOT / "artifacts" / "retrain"
 _READ_CHUNK = 5000
 
 _LOG_SKIPPED = "retrain skipped: %s"
+# Where `encode_context` puts the slot position's one-hot (after time and device).
+_POSITION_AT = 4 + len(DEVICE_CLASSES)
+_POSITION_COLUMNS = slice(_POSITION_AT, _POSITION_AT + N_POSITIONS)
 
 
 # The log ----------------------------------------------------------------------------
@@ -86,6 +90,18 @@ class StreamLog(BanditLog):
     def len_list(self) -> int:
         """Number of encodable positions."""
         return N_POSITIONS
+
+    def contexts_at(self, position: int) -> np.ndarray:
+        """Return `(n, CONTEXT_DIM)` contexts as if shown at 1-based `position`.
+
+        Only the position one-hot moves, to slot `position - 1`, as
+        `encode_context` would set it (the test suite checks the two agree).
+        """
+        out = np.array(self.contexts, copy=True)
+        out[:, _POSITION_COLUMNS] = 0.0
+        slot = min(max(position - 1, 0), N_POSITIONS - 1)
+        out[:, _POSITION_COLUMNS.start + slot] = 1.0
+        return out
 
     def context_fields(self, row: int, position: int | None = None) -> ContextFields:
         """Return row `row`'s context, optionally at another 1-based position."""
@@ -422,11 +438,12 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
 # Celery -------------------------------------------------------------------------------
 
 
-def make_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+def make_beat_schedule(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     """Return the beat entry of the periodic retrain, to merge into the app config.
 
-    The task expires after one period, so a backlog of retrains never piles up
-    behind a busy worker.
+    The period is `settings.retrain_every_s` when the settings define it, else an
+    hour. The task expires after one period, so a backlog of retrains never piles
+    up behind a busy worker.
     """
     every = float(getattr(settings, "retrain_every_s", None) or DEFAULT_EVERY_S)
     return {
@@ -438,31 +455,23 @@ def make_beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
-def _register() -> Any:
-    from ad_orchestrator.app import app, runtime
-
-    @app.task(name=TASK_NAME, ignore_result=False)
-    def retrain_task(**overrides: Any) -> dict[str, Any]:
-        """Retrain the Content network from our decisions and feedback, gated."""
-        current = runtime()
-        # The weight store reads binary blobs: a client that does not decode.
-        client = redis.Redis.from_url(current.redis_url)
-        try:
-            options = RetrainOptions.from_settings(current.settings, **overrides)
-            return retrain(current.settings, client, options)
-        finally:
-            client.close()
-
-    return retrain_task, make_beat_schedule(current_settings())
+beat_schedule = make_beat_schedule()
+"""The beat entry with the default period; `make_beat_schedule(settings)` reads
+the configured one. Merge it into the app's `beat_schedule`."""
 
 
-def current_settings() -> Settings:
-    """Return the settings of the Celery app this process runs."""
-    from ad_orchestrator.app import app
+# A shared task binds to whichever app the process runs, so this module never
+# imports `ad_orchestrator.app`, and the app can import it while it is being built.
+@shared_task(name=TASK_NAME)
+def retrain_task(**overrides: Any) -> dict[str, Any]:
+    """Retrain the Content network from our decisions and feedback, gated."""
+    from ad_orchestrator.app import runtime
 
-    settings: Settings = app.adorch_settings
-    return settings
-
-
-task, beat_schedule = _register()
-"""The task, and its beat entry for the app's `beat_schedule` (merge this dict)."""
+    current = runtime()
+    # The weight store reads binary blobs: a client that does not decode.
+    client = redis.Redis.from_url(current.redis_url)
+    try:
+        options = RetrainOptions.from_settings(current.settings, **overrides)
+        return retrain(current.settings, client, options)
+    finally:
+        client.close()

@@ -23,6 +23,7 @@ from tasks.retrain import (
     make_beat_schedule,
     read_decisions,
     retrain,
+    retrain_task,
 )
 
 NOW = 1_700_000_000.0
@@ -130,19 +131,20 @@ def test_build_log_lines_up_actions_masks_rewards_and_contexts():
         assert np.array_equal(log.contexts[row], encode_context([fields])[0])
 
 
-def test_stream_log_reencodes_contexts_at_another_position():
-    """`contexts_at(k)` is the logged context with slot position k - 1."""
+@pytest.mark.parametrize("position", [1, 2, 3, 4])
+def test_stream_log_reencodes_contexts_at_another_position(position):
+    """`contexts_at(k)` is exactly `encode_context` at slot position k - 1."""
     rng = np.random.default_rng(1)
     log, _ = build_log([decision_entry(i, rng) for i in range(5)], set(), {})
 
-    at_three = log.contexts_at(3)
+    moved = log.contexts_at(position)
     part = log.subset(slice(1, 3))
 
     expected = [
-        ContextFields(**{**vars_of(log.context_fields(i)), "position": 2})
+        ContextFields(**{**vars_of(log.context_fields(i)), "position": position - 1})
         for i in range(5)
     ]
-    assert np.array_equal(at_three, encode_context(expected))
+    assert np.array_equal(moved, encode_context(expected))
     assert part.n_rounds == 2
     assert part.context_fields(0) == log.context_fields(1)
     assert log.len_list == 4
@@ -248,5 +250,14 @@ def test_beat_schedule_sends_the_retrain_task(settings):
 
     assert entry["task"] == TASK_NAME == "adorch.retrain"
     assert entry["options"]["expires"] == entry["schedule"] > 0
+    assert beat_schedule == make_beat_schedule(None)
     assert TASK_NAME in app.tasks
-    assert beat_schedule["retrain-content"]["task"] == TASK_NAME
+
+
+@pytest.mark.integration
+def test_the_task_runs_in_the_app_and_skips_without_data():
+    """The Celery task reads the app's settings and Redis and answers as JSON."""
+    result = retrain_task.apply(kwargs={"min_new": 10**9}).get(timeout=60)
+
+    assert result["status"] == "skipped"
+    assert result["reason"].endswith(f"{10**9} needed")
