@@ -504,14 +504,20 @@ def train_online(
         epsilon = linear_epsilon(
             config.epsilon_start, config.epsilon_end, config.epsilon_duration, step
         )
+        # One state at a time, so this is `select_action` for a batch of one,
+        # unrolled: exploring needs no forward pass at all.
+        allowed = np.flatnonzero(mask)
+        if allowed.size == 0:
+            raise LearningError(
+                f"the environment allows no action at step {step}; end the "
+                "episode instead of offering an empty mask"
+            )
         if rng.random() < epsilon:
-            # Explore without a forward pass: uniform over the allowed actions,
-            # the same distribution `select_action` gives.
-            action = int(rng.choice(np.flatnonzero(mask)))
+            action = int(allowed[rng.integers(allowed.size)])
         else:
             with torch.no_grad():
-                q = q_values(online, _batched(obs))
-            action = int(select_action(q, 0.0, mask[None], rng)[0])
+                q = q_values(online, _batched(obs))[0].numpy()
+            action = int(allowed[q[allowed].argmax()])
 
         # Step the environment and remember the transition.
         next_obs, reward, terminated, truncated, info = env.step(action)
