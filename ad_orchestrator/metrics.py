@@ -11,8 +11,9 @@ Two ways to expose a worker's metrics, both reading the same folder:
 - as a sidecar: `python -m ad_orchestrator.metrics --port 9808` with the same
   `PROMETHEUS_MULTIPROC_DIR` (what the Helm chart and docker-compose run).
 
-The feedback stream's length and lag are not counted by any process: a
-`FeedbackStreamCollector` reads them from Redis at scrape time.
+The feedback stream's length and lag, and each campaign's spend and remaining
+budget, are not counted by any process: `FeedbackStreamCollector` and
+`BudgetCollector` read them from Redis at scrape time, in the exporter.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ FEEDBACK_STREAM_LENGTH_NAME = f"{NAMESPACE}_feedback_stream_length"
 FEEDBACK_STREAM_LAG_NAME = f"{NAMESPACE}_feedback_stream_lag_entries"
 FEEDBACK_STREAM_LAG_SECONDS_NAME = f"{NAMESPACE}_feedback_stream_lag_seconds"
 FEEDBACK_STREAM_UP_NAME = f"{NAMESPACE}_feedback_stream_up"
+BUDGET_SPENT_NAME = f"{NAMESPACE}_budget_spent"
+BUDGET_REMAINING_NAME = f"{NAMESPACE}_budget_remaining"
 
 
 # What a scrape can contain ------------------------------------------------------------
@@ -285,6 +288,49 @@ class FeedbackStreamCollector(Collector):
         return info, groups
 
 
+class BudgetCollector(Collector):
+    """Report every campaign's spend and remaining budget, read from the ledger.
+
+    The ledger in Redis is the one authority on money, shared by every worker;
+    reading it at scrape time gives the same numbers whichever process asks.
+    This is how `adorch_budget_spent` and `adorch_budget_remaining` are
+    exported (by the metrics exporter), so processes need not set those gauges.
+
+    Args:
+        ledger: A `BudgetLedger` (anything with `campaigns` and `states(ids)`).
+    """
+
+    def __init__(self, ledger: Any) -> None:
+        self._ledger = ledger
+
+    def describe(self) -> Iterable[Metric]:
+        """Describe nothing, so registering does not trigger a Redis round trip."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield spend and remaining budget per campaign, read from Redis now."""
+        try:
+            states = self._ledger.states(sorted(self._ledger.campaigns))
+        except Exception as error:  # any Redis failure: report nothing this time
+            logger.warning("budget ledger unreadable at scrape: %s", error)
+            return
+        spent = GaugeMetricFamily(
+            BUDGET_SPENT_NAME,
+            "Money spent plus reserved per campaign, in currency units.",
+            labels=["campaign"],
+        )
+        remaining = GaugeMetricFamily(
+            BUDGET_REMAINING_NAME,
+            "Budget left per campaign, in currency units.",
+            labels=["campaign"],
+        )
+        for campaign, state in states.items():
+            spent.add_metric([campaign], state.spent + state.reserved)
+            remaining.add_metric([campaign], state.remaining)
+        yield spent
+        yield remaining
+
+
 # Exposition -------------------------------------------------------------------------
 
 
@@ -404,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--no-stream",
         action="store_true",
-        help="Do not read the feedback stream from Redis at scrape time.",
+        help="Do not read the feedback stream and budgets from Redis at scrape time.",
     )
     args = parser.parse_args(argv)
 
@@ -422,14 +468,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.no_stream:
         import redis
 
+        from ad_orchestrator.ledger import BudgetLedger, load_campaigns
         from ad_orchestrator.redis_server import resolve_redis_url
 
-        url = resolve_redis_url(settings)
-        extra.append(
-            FeedbackStreamCollector(
-                redis.Redis.from_url(url, socket_timeout=1.0), settings.feedback_stream
-            )
-        )
+        client = redis.Redis.from_url(resolve_redis_url(settings), socket_timeout=1.0)
+        extra.append(FeedbackStreamCollector(client, settings.feedback_stream))
+        campaigns = load_campaigns(settings.campaigns_path)
+        extra.append(BudgetCollector(BudgetLedger(client, settings, campaigns)))
     server = start_metrics_server(
         args.port, args.addr, deadline_s=settings.deadline_ms / 1000.0, extra=extra
     )

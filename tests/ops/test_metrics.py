@@ -171,3 +171,32 @@ def test_missing_stream_reads_as_empty() -> None:
     samples = _samples(metrics.render(registry)[0])
 
     assert samples[("adorch_feedback_stream_length", ())] == 0
+
+
+def test_budget_collector_reads_spend_and_remaining_from_the_ledger(
+    tmp_path: Path,
+) -> None:
+    """Spend (spent plus reserved) and remaining budget come from the ledger."""
+    from ad_orchestrator.ledger import MICROS, BudgetLedger, Campaign
+    from ad_orchestrator.settings import Settings
+
+    settings = Settings(state_dir=tmp_path)
+    client = fakeredis.FakeRedis()
+    campaigns = {
+        "c1": Campaign(budget=10.0, base_cpm=1.0, max_cpm=2.0),
+        "c2": Campaign(budget=5.0, base_cpm=1.0, max_cpm=2.0),
+    }
+    client.hset(
+        settings.key("budget", "c1"),
+        mapping={"spent": int(2.5 * MICROS), "reserved": int(0.5 * MICROS)},
+    )
+    registry = metrics.CollectorRegistry()
+    registry.register(
+        metrics.BudgetCollector(BudgetLedger(client, settings, campaigns))
+    )
+
+    samples = _samples(metrics.render(registry)[0])
+
+    assert samples[("adorch_budget_spent", (("campaign", "c1"),))] == 3.0
+    assert samples[("adorch_budget_remaining", (("campaign", "c1"),))] == 7.0
+    assert samples[("adorch_budget_remaining", (("campaign", "c2"),))] == 5.0

@@ -162,3 +162,6 @@ def test_sidecar_exporter_reads_the_same_folder(
     assert _total(samples, name, agent="policy") == _total(worker, name, agent="policy")
     assert samples[("adorch_feedback_stream_up", ())] == 1
     assert samples[("adorch_feedback_stream_length", ())] >= 4
+    # Impressions settled at 2.0 CPM on the campaigns that won.
+    assert _total(samples, "adorch_budget_spent") > 0
+    assert _total(samples, "adorch_budget_remaining") > 0
