@@ -37,6 +37,7 @@ from ad_orchestrator.graph import AgentGraph
 from ad_orchestrator.ledger import BudgetLedger, load_campaigns
 from ad_orchestrator.logging import connect_celery_logging
 from ad_orchestrator.metrics import connect_worker_signals
+from ad_orchestrator.pacing_state import PacingStore
 from ad_orchestrator.privacy import pseudonymise
 from ad_orchestrator.redis_server import resolve_redis_url, to_celery_url
 from ad_orchestrator.reducer import Reducer
@@ -128,6 +129,11 @@ class Runtime:
     @cached_property
     def feedback(self) -> FeedbackLog:
         return FeedbackLog(self.redis, self.settings, self.ledger)
+
+    def reset_campaigns(self, campaign_ids: list[str]) -> None:
+        """Forget spend, reservations and pacing of campaigns (replays start clean)."""
+        self.ledger.reset(campaign_ids)
+        PacingStore(self.redis, self.settings).reset(campaign_ids)
 
     def agent(self, cls: type[Agent[Any]]) -> Agent[Any]:
         """Return this process's instance of an agent class."""

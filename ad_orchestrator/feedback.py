@@ -60,25 +60,32 @@ class FeedbackLog:
         self.ledger = ledger
         self._record = client.register_script(_RECORD)
 
-    def served(self, decision_id: str) -> tuple[str, str]:
-        """Return the campaign a decision served and its user's hash ('' unknown)."""
-        campaign, user = cast(
+    def served(self, decision_id: str) -> tuple[str, str, float | None]:
+        """Return a decision's campaign, user hash ('' unknown) and bid."""
+        campaign, user, bid = cast(
             list[bytes | None],
             self.redis.hmget(
-                self.settings.key("decision", decision_id), ["campaign", "user"]
+                self.settings.key("decision", decision_id),
+                ["campaign", "user", "bid_cpm"],
             ),
         )
-        return (campaign or b"").decode(), (user or b"").decode()
+        return (
+            (campaign or b"").decode(),
+            (user or b"").decode(),
+            float(bid) if bid else None,
+        )
 
     def record(self, event: FeedbackEvent | dict[str, Any]) -> Recorded:
         """Record one event; a duplicate event id changes nothing."""
         event = parse_feedback(event)
-        campaign, user = self.served(event.decision_id)
+        campaign, user, bid = self.served(event.decision_id)
         # Settling is idempotent (a second settle finds no reservation), so it goes
         # first: a crash between the two steps is repaired by redelivering the event.
         settled = None
         if event.kind == "impression":
-            settled = self.ledger.settle(event.decision_id, event.value)
+            settled = self.ledger.settle(
+                event.decision_id, event.value, campaign_id=campaign, bid_cpm=bid
+            )
         added = self._record(
             keys=[
                 self.settings.key("feedback-seen", event.event_id),

@@ -10,8 +10,9 @@ a reservation that sees no impression within the window is released by
 
 Keys (under the settings prefix):
     budget:<campaign>      hash: budget, spent, reserved (micros)
-    resv:<decision id>     hash: campaign, amount (micros); expires after 2 windows
+    resv:<decision id>     hash: campaign, amount (micros); kept a day past due
     resv-due               sorted set: decision id by the time it falls due
+    settled:<decision id>  marker: this decision was charged (30 days)
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ from ad_orchestrator.errors import BudgetError, ConfigError
 from ad_orchestrator.settings import Settings
 
 MICROS = 1_000_000
+# How long a charged decision is remembered, so it is never charged twice.
+SETTLED_TTL_S = 30 * 24 * 3600
+# A reservation's record outlives its window by this much: the window's release
+# needs it, and it must never vanish first (its money would stay reserved forever).
+RESERVATION_GRACE_S = 24 * 3600
 
 _RESERVE = """
 local budget = tonumber(ARGV[1])
@@ -48,14 +54,27 @@ return 1
 """
 
 # KEYS: resv key, due set, campaign key (found by the caller from the reservation).
+# KEYS: resv key, due set, campaign key, settled marker. ARGV: price, decision id,
+# the bid's cost (-1: unknown), marker TTL. A decision is charged at most once; an
+# impression after its reservation was released is still charged (money was spent).
 _SETTLE = """
+if redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[4])) == false then
+  return -1
+end
+local price = tonumber(ARGV[1])
 local amount = tonumber(redis.call('HGET', KEYS[1], 'amount') or '-1')
-if amount < 0 then return -1 end
-local price = math.min(tonumber(ARGV[1]), amount)
-redis.call('HINCRBY', KEYS[3], 'reserved', -amount)
+if amount >= 0 then
+  price = math.min(price, amount)
+  redis.call('HINCRBY', KEYS[3], 'reserved', -amount)
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+elseif tonumber(ARGV[3]) >= 0 then
+  price = math.min(price, tonumber(ARGV[3]))
+else
+  redis.call('DEL', KEYS[4])
+  return -2
+end
 redis.call('HINCRBY', KEYS[3], 'spent', price)
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
 return price
 """
 
@@ -202,29 +221,45 @@ class BudgetLedger:
             keys=[self._campaign_key(campaign_id), self._resv_key(decision_id),
                   self._due_key],
             args=[to_micros(self.campaign(campaign_id).budget),
-                  cpm_cost_micros(bid_cpm), campaign_id, due, 2 * window,
+                  cpm_cost_micros(bid_cpm), campaign_id, due,
+                  window + RESERVATION_GRACE_S,
                   decision_id],
         )  # fmt: skip
         if answer == -1:
             raise BudgetError(f"decision {decision_id!r} already holds a reservation")
         return bool(answer)
 
-    def settle(self, decision_id: str, price_cpm: float) -> float | None:
-        """Turn a reservation into spend at the price paid (capped at the bid).
+    def settle(
+        self,
+        decision_id: str,
+        price_cpm: float,
+        *,
+        campaign_id: str | None = None,
+        bid_cpm: float | None = None,
+    ) -> float | None:
+        """Charge a decision's impression at the price paid (capped at the bid).
 
-        Returns the amount spent in currency units, or None when there was no open
-        reservation (already settled, released, or never made): settling twice
-        changes nothing.
+        With an open reservation, the reservation becomes spend. An impression that
+        arrives after its reservation was released is still charged, to
+        `campaign_id` and capped at `bid_cpm` (the caller's record of the decision).
+
+        Returns:
+            The amount spent in currency units, or None when nothing was charged:
+            the decision was already charged (settling twice changes nothing) or
+            nothing is known about it.
         """
         campaign = _text(self.redis.hget(self._resv_key(decision_id), "campaign"))
+        campaign = campaign or campaign_id or ""
         if not campaign:
             return None
+        cap = cpm_cost_micros(bid_cpm) if bid_cpm is not None else -1
         spent = self._settle(
             keys=[self._resv_key(decision_id), self._due_key,
-                  self._campaign_key(campaign)],
-            args=[cpm_cost_micros(price_cpm), decision_id],
+                  self._campaign_key(campaign),
+                  self.settings.key("settled", decision_id)],
+            args=[cpm_cost_micros(price_cpm), decision_id, cap, SETTLED_TTL_S],
         )  # fmt: skip
-        return None if spent == -1 else int(spent) / MICROS
+        return None if spent < 0 else int(spent) / MICROS
 
     def release_expired(self, now: float | None = None) -> int:
         """Release reservations whose window passed with no impression; count them."""

@@ -141,7 +141,7 @@ def run_replay(settings: Settings, options: ReplayOptions) -> dict[str, Any]:
     bandit = load_obd(options.policy, options.campaign)
     rows = min(options.rows, bandit.n_rounds)
     campaign_id = f"obd-{options.campaign}"
-    runtime().ledger.reset([campaign_id])
+    runtime().reset_campaigns([campaign_id])
 
     started_worker = None
     if not workers_answering(app):

@@ -41,7 +41,7 @@ def replay_folder(
 
     catalogue = load_catalogue(campaigns=runtime().ledger.campaigns)
     by_id = {ad.ad_id: ad for ad in catalogue}
-    runtime().ledger.reset(sorted({ad.campaign_id for ad in catalogue}))
+    runtime().reset_campaigns(sorted({ad.campaign_id for ad in catalogue}))
     worker = None
     if not workers_answering(app):
         worker = start_worker(

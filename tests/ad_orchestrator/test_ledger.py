@@ -126,3 +126,30 @@ def test_a_bad_campaigns_file_names_itself(tmp_path) -> None:  # type: ignore[no
 
     with pytest.raises(ConfigError, match="campaigns.yaml"):
         load_campaigns(path)
+
+
+def test_an_impression_after_release_is_still_charged_once(
+    ledger: BudgetLedger,
+) -> None:
+    """Money spent after the window still counts, capped at the bid, once."""
+    ledger.reserve("c", "d1", BID, now=1000.0)
+    ledger.release_expired(now=1e12)
+
+    first = ledger.settle("d1", 1.5, campaign_id="c", bid_cpm=BID)
+    again = ledger.settle("d1", 1.5, campaign_id="c", bid_cpm=BID)
+
+    state = ledger.states(["c"])["c"]
+    assert first == pytest.approx(0.0015)
+    assert again is None
+    assert (state.spent, state.reserved) == (pytest.approx(0.0015), 0.0)
+
+
+def test_a_reservation_outlives_its_window(
+    ledger: BudgetLedger, redis_client: redis.Redis
+) -> None:
+    """The record is kept until released: its money can always be returned."""
+    ledger.reserve("c", "d1", BID)
+
+    ttl = redis_client.ttl(ledger._resv_key("d1"))
+
+    assert ttl > ledger.settings.reservation_window_s + 3600
