@@ -44,6 +44,7 @@ from ad_orchestrator.reducer import Reducer
 from ad_orchestrator.schemas import AdRequest, Decision, parse_request
 from ad_orchestrator.settings import Settings, load_settings
 from tasks.base import Agent, Upstream
+from tasks.retrain import make_beat_schedule
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,9 @@ def create_app(settings: Settings) -> AdOrchestratorApp:
                 "task": "adorch.release_reservations",
                 "schedule": 30.0,
             },
+            **make_beat_schedule(settings),
         },
-        include=list(AGENT_MODULES),
+        include=[*AGENT_MODULES, "tasks.retrain"],
     )
     return celery
 
@@ -166,7 +168,7 @@ def _build_after_fork(**_: Any) -> None:
     for module in AGENT_MODULES:
         agent_cls = getattr(__import__(module, fromlist=["task"]), "AGENT_CLASS", None)
         if agent_cls is not None:
-            current.agent(agent_cls)
+            current.agent(agent_cls).warm_up()
 
 
 def agent_task(cls: type[Agent[Any]]) -> Task:

@@ -92,6 +92,18 @@ class Settings(BaseSettings):
         default=False, description="Load the sentence model when a worker starts."
     )
 
+    # Learning loop (defaults in ad_orchestrator.weights, rl.promote, tasks.retrain)
+    weights_keep: int | None = Field(default=None, description="Versions kept.")
+    promote_tolerance: float | None = Field(
+        default=None, description="Relative shortfall the promotion gate accepts."
+    )
+    retrain_every_s: float | None = None
+    retrain_min_new: int | None = None
+    retrain_min_clicks: int | None = None
+    retrain_max_rows: int | None = None
+    retrain_min_age_s: float | None = None
+    retrain_steps: int | None = None
+
     # Files ----------------------------------------------------------------------------
     graph_path: Path = CONFIG_DIR / "agent_graph.yaml"
     campaigns_path: Path = CONFIG_DIR / "campaigns.yaml"

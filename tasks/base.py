@@ -93,6 +93,9 @@ class Agent(ABC, Generic[Out]):
         """Return the version of the weights this agent serves (None: no weights)."""
         return None
 
+    def warm_up(self) -> None:
+        """Load what the first batch would otherwise pay for (after fork)."""
+
     @abstractmethod
     def decide(self, requests: Sequence[AdRequest], upstream: Upstream) -> list[Out]:
         """Answer for every request of the batch, in the batch's order."""

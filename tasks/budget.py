@@ -104,6 +104,10 @@ class BudgetAgent(Agent[BudgetOutput]):
     def weights_version(self) -> str | None:
         return self._version
 
+    def warm_up(self) -> None:
+        """Load the serving pacing weights now, not inside the first batch."""
+        _, self._version = self.pacer.load_now()
+
     def decide(
         self, requests: Sequence[AdRequest], upstream: Upstream
     ) -> list[BudgetOutput]:

@@ -272,6 +272,10 @@ class ContentAgent(Agent[ContentOutput]):
         """Return the version of the model that scored the last batch."""
         return self._version
 
+    def warm_up(self) -> None:
+        """Load the serving weights now, not inside the first batch."""
+        _, self._version = self._model_source()
+
     def decide(
         self, requests: Sequence[AdRequest], upstream: Upstream
     ) -> list[ContentOutput]:
