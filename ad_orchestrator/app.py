@@ -77,6 +77,8 @@ def create_app(settings: Settings) -> AdOrchestratorApp:
         # Chord counters expire with results: keep them longer than any chord.
         result_expires=settings.result_expires_s,
         worker_prefetch_multiplier=1,
+        # The default beat scheduler keeps its state with shelve, which pickles.
+        beat_scheduler="celery.beat:Scheduler",
         task_send_sent_event=True,
         worker_send_task_events=True,
         broker_connection_retry_on_startup=True,

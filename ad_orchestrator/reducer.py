@@ -21,6 +21,7 @@ import redis
 
 from ad_orchestrator import metrics
 from ad_orchestrator.ledger import BudgetLedger
+from ad_orchestrator.logging import log_context
 from ad_orchestrator.schemas import AdRequest, Decision, NoBidReason, new_id
 from ad_orchestrator.settings import Settings
 from policies.frequency import user_hash
@@ -29,6 +30,7 @@ from tasks.base import Upstream
 log = logging.getLogger(__name__)
 
 DECISION_RECORD_TTL_S = 7 * 24 * 3600
+MSG_DECIDED = "decided %s %s at %s CPM with weights %s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,17 @@ class Reducer:
         """Return one decision per request, in order, and log them for learning."""
         decisions = [self._decide(request, upstream) for request in requests]
         self._record(requests, decisions, upstream)
+        for decision in decisions:
+            with log_context(
+                request_id=decision.request_id, decision_id=decision.decision_id
+            ):
+                log.debug(
+                    MSG_DECIDED,
+                    decision.outcome,
+                    decision.ad_id or decision.no_bid_reason,
+                    decision.bid_cpm,
+                    decision.weights_versions,
+                )
         return decisions
 
     def _no_bid(

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import redis
 
 from ad_orchestrator import metrics
+from ad_orchestrator.logging import log_context
 from ad_orchestrator.schemas import (
     AGENT_RESULT,
     AdRequest,
@@ -108,6 +109,10 @@ class Agent(ABC, Generic[Out]):
 
     def run(self, requests: Sequence[AdRequest], upstream: Upstream) -> dict[str, Any]:
         """Decide with bounded retries, else fall back; return a result as JSON data."""
+        with log_context(agent=self.name, weights_version=self.weights_version()):
+            return self._run(requests, upstream)
+
+    def _run(self, requests: Sequence[AdRequest], upstream: Upstream) -> dict[str, Any]:
         started = time.perf_counter()
         attempts = self.settings.agent_retries + 1
         reason = None
