@@ -63,8 +63,9 @@ train: $(STAMP) ## train, evaluate off-policy, promote behind the gate (AGENT=co
 train-budget: $(STAMP) ## train the Budget pacing DQN and publish it
 	$(VENV)/bin/adorch train --agent budget $(ARGS)
 
-weights: $(STAMP) ## list stored weights versions per agent
-	$(VENV)/bin/adorch weights list $(ARGS)
+weights: $(STAMP) ## list stored weights versions of the learned agents
+	$(VENV)/bin/adorch weights list --agent content $(ARGS)
+	$(VENV)/bin/adorch weights list --agent budget $(ARGS)
 
 ope-validate: $(STAMP) ## OBP's protocol: estimate BTS from random logs, errors
 	$(PY) -m rl.ope_validation $(ARGS)

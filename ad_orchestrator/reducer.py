@@ -130,7 +130,13 @@ class Reducer:
             a for a in request.candidates if a.ad_id in allowed and a.ad_id in bids
         ]
         if not payable:
-            return self._no_bid(request, "budget_exhausted", **common)
+            why = {budget.ineligible.get(a, "") for a in allowed} if budget else set()
+            reason: NoBidReason = (
+                "unknown_campaign"
+                if why == {"unknown_campaign"}
+                else "budget_exhausted"
+            )
+            return self._no_bid(request, reason, **common)
         eligible = [a for a in payable if bids[a.ad_id] >= slot.bidfloor_cpm]
         if not eligible:
             return self._no_bid(request, "below_floor", **common)

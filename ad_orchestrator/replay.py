@@ -45,6 +45,7 @@ class ReplayOptions:
     campaign: str = "all"
     policy: str = "random"
     rows: int = 10_000
+    start_row: int = 0
     batch_size: int = 64
     in_flight: int = 4
     timeout_s: float = 120.0
@@ -54,6 +55,8 @@ class ReplayOptions:
     def __post_init__(self) -> None:
         if self.rows <= 0:
             raise ValueError(f"`rows` must be positive, but got {self.rows}")
+        if self.start_row < 0:
+            raise ValueError(f"`start_row` must be >= 0, but got {self.start_row}")
         if not 1 <= self.batch_size <= 1024:
             raise ValueError(f"`batch_size` must be 1..1024, but got {self.batch_size}")
         if self.in_flight <= 0:
@@ -139,12 +142,18 @@ def run_replay(settings: Settings, options: ReplayOptions) -> dict[str, Any]:
     from rl.envs.obd import load_obd
 
     bandit = load_obd(options.policy, options.campaign)
-    rows = min(options.rows, bandit.n_rounds)
+    if options.start_row >= bandit.n_rounds:
+        raise ValueError(
+            f"`start_row` must be below the log's {bandit.n_rounds} rows, "
+            f"but got {options.start_row}"
+        )
+    rows = range(options.start_row, min(options.start_row + options.rows,
+                                        bandit.n_rounds))  # fmt: skip
     campaign_id = f"obd-{options.campaign}"
     runtime().reset_campaigns([campaign_id])
 
     started_worker = None
-    if not workers_answering(app):
+    if not workers_answering(app, settings.queue):
         log.info("no worker answers; starting one")
         started_worker = start_worker(
             app,
@@ -171,7 +180,7 @@ def run_replay(settings: Settings, options: ReplayOptions) -> dict[str, Any]:
 def _replay(
     options: ReplayOptions,
     bandit: Any,
-    rows: int,
+    rows: range,
     campaign_id: str,
     gather_results: Any,
     record_feedback: Any,
@@ -204,9 +213,9 @@ def _replay(
                     for event in logged_outcome(decision, bool(bandit.rewards[i]))
                 )
 
-    with tqdm(total=rows, unit="req", desc="replaying OBD") as progress:
-        for start in range(0, rows, options.batch_size):
-            indices = list(range(start, min(start + options.batch_size, rows)))
+    with tqdm(total=len(rows), unit="req", desc="replaying OBD") as progress:
+        for start in range(rows.start, rows.stop, options.batch_size):
+            indices = list(range(start, min(start + options.batch_size, rows.stop)))
             batch = [row_to_request(bandit, i, campaign_id) for i in indices]
             pending.append((indices, time.perf_counter(), gather_results.delay(batch)))
             while len(pending) >= options.in_flight:
@@ -239,13 +248,19 @@ def _replay(
         options.seed,
     )
     versions = Counter(
-        json.dumps(decisions[i].weights_versions, sort_keys=True) for i in ordered
+        " ".join(
+            f"{agent}={version or 'untrained'}"
+            for agent, version in sorted(decisions[i].weights_versions.items())
+            if agent in ("content", "budget")
+        )
+        for i in ordered
     )
     return {
         "dataset": f"obd/{options.policy}/{options.campaign}",
-        "requests": rows,
+        "requests": len(rows),
+        "rows": [rows.start, rows.stop],
         "decisions": len(decisions),
-        "lost": rows - len(decisions),
+        "lost": len(rows) - len(decisions),
         "bids": outcomes.get("bid", 0),
         "no_bids": dict(reasons),
         "fallbacks_by_agent": dict(fallbacks),
@@ -271,7 +286,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
     lat = summary["batch_latency_ms"]
     lines = [
-        f"dataset              {summary['dataset']}  (redis: {summary['redis']})",
+        f"dataset              {summary['dataset']} rows {summary['rows'][0]}.."
+        f"{summary['rows'][1] - 1}  (redis: {summary['redis']})",
         f"requests             {summary['requests']}",
         f"decisions            {summary['decisions']}  (lost {summary['lost']})",
         f"bids                 {summary['bids']}",
@@ -303,13 +319,33 @@ def _cache_line(stats: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the replay's options to a command-line parser."""
-    parser.add_argument("--campaign", choices=("all", "men", "women"), default="all")
-    parser.add_argument("--policy", choices=("random", "bts"), default="random")
-    parser.add_argument("--rows", type=int, default=10_000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--in-flight", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--campaign",
+        choices=("all", "men", "women"),
+        default="all",
+        help="OBD campaign (its items are the candidates)",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=("random", "bts"),
+        default="random",
+        help="which logging policy's log to replay",
+    )
+    parser.add_argument("--rows", type=int, default=10_000, help="rows to replay")
+    parser.add_argument(
+        "--start-row",
+        type=int,
+        default=0,
+        help="first row (e.g. 7000: only rows `make train` held out)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="requests per task")
+    parser.add_argument(
+        "--in-flight", type=int, default=4, help="batches sent before waiting"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="summary JSON path"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
 
 def options_from(args: argparse.Namespace) -> ReplayOptions:
@@ -318,6 +354,7 @@ def options_from(args: argparse.Namespace) -> ReplayOptions:
         campaign=args.campaign,
         policy=args.policy,
         rows=args.rows,
+        start_row=args.start_row,
         batch_size=args.batch_size,
         in_flight=args.in_flight,
         out=args.out,

@@ -43,7 +43,7 @@ def replay_folder(
     by_id = {ad.ad_id: ad for ad in catalogue}
     runtime().reset_campaigns(sorted({ad.campaign_id for ad in catalogue}))
     worker = None
-    if not workers_answering(app):
+    if not workers_answering(app, settings.queue):
         worker = start_worker(
             app, "replay-openrtb", queue=settings.queue,
             logdir=settings.state_dir / "logs",

@@ -32,6 +32,7 @@ NoBidReason = Literal[
     "policy_denied_all",
     "policy_failed",
     "budget_exhausted",
+    "unknown_campaign",
     "below_floor",
     "bot_traffic",
     "deadline",

@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     creative_safety_min_score: float | None = None
     creative_max_text_chars: int | None = None
     creative_preload: bool = Field(
-        default=False, description="Load the sentence model when a worker starts."
+        default=True,
+        description="Load the sentence model in the background when a worker "
+        "starts, so the first text creative does not wait seconds for it.",
     )
 
     # Learning loop (defaults in ad_orchestrator.weights, rl.promote, tasks.retrain)

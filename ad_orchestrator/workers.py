@@ -49,10 +49,18 @@ class WorkerProcess:
             self.process.wait(5)
 
 
-def workers_answering(app: Celery, timeout: float = 1.0) -> list[str]:
-    """Return the names of workers that answer a ping."""
-    replies = app.control.ping(timeout=timeout) or []
-    return sorted(name for reply in replies for name in reply)
+def workers_answering(app: Celery, queue: str, timeout: float = 1.0) -> list[str]:
+    """Return the names of the workers that consume `queue` and answer.
+
+    A ping alone is not enough: every worker on the broker answers it, including
+    workers of other queues that would never take this queue's tasks.
+    """
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return sorted(
+        name
+        for name, queues in replies.items()
+        if any(q.get("name") == queue for q in queues or [])
+    )
 
 
 def start_worker(

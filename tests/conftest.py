@@ -85,6 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "ADORCH_STATE_DIR": state_dir,
             "ADORCH_LOG_JSON": "false",
             "ADORCH_AGENT_RETRY_BACKOFF_S": "0",
+            # Most test workers never see a text creative; those that do load the
+            # sentence model on first use.
+            "ADORCH_CREATIVE_PRELOAD": "false",
         }
     )
     os.environ.pop("ADORCH_BROKER_URL", None)

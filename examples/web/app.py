@@ -8,7 +8,7 @@ Routes:
                      idempotently;
     GET  /metrics    Prometheus exposition (multiprocess-aware);
     GET  /healthz    liveness: the process answers;
-    GET  /readyz     readiness: at least one worker answers a ping.
+    GET  /readyz     readiness: a worker consuming our queue answers.
 
 Run it with `make web` (`uvicorn examples.web.app:app`). Decisions go through the
 deadline-aware client (`ad_orchestrator.client.decide`), which serves the fallback
@@ -131,12 +131,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @api.get("/readyz")
     def readyz() -> Response:
         from ad_orchestrator.app import app as celery_app
+        from ad_orchestrator.workers import workers_answering
 
         try:
-            replies = celery_app.control.ping(timeout=0.5) or []
+            # Only workers consuming our queue can serve /decide.
+            workers = workers_answering(celery_app, settings.queue, timeout=0.5)
         except Exception as error:  # noqa: BLE001 - any broker failure: not ready
             return _problem(503, {"status": "broker unreachable", "error": str(error)})
-        workers = sorted(name for reply in replies for name in reply)
         if not workers:
             return _problem(503, {"status": "no worker answers", "workers": []})
         return JSONResponse({"status": "ready", "workers": workers})
