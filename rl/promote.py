@@ -10,8 +10,11 @@ The pipeline, top to bottom (`train_and_promote`):
 3. The gate (`decide_promotion`): a paired bootstrap of (candidate - serving) on
    that split; the candidate promotes only when the lower end of the 95% interval
    is at least `-tolerance x serving value`, i.e. the data show it is not worse
-   beyond the tolerance. With nothing serving, the first candidate promotes;
-   `--force` promotes whatever the figures say, and says so loudly.
+   beyond the tolerance. With nothing serving, the first candidate is judged the
+   same way against the logging policy (its observed CTR on that split, an
+   on-policy value): the paired bootstrap of (candidate's estimator terms - the
+   logged click) must not fall below `-tolerance x logging value`. `--force`
+   promotes whatever the figures say, and says so loudly.
 4. Publish the promoted weights with the figures and the decision in their signed
    metadata, move the serving pointer (workers swap between tasks), and write a
    JSON report and a PNG of the learning curves under `--out`.
@@ -35,7 +38,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,12 @@ from ad_orchestrator.settings import REPO_ROOT, Settings, load_settings
 from ad_orchestrator.weights import WeightStore, open_store
 from rl.envs.obd import BanditLog, load_obd, train_test_split
 from rl.networks import ContentQNet
-from rl.ope import Interval, estimate_interval, paired_bootstrap_difference
+from rl.ope import (
+    Interval,
+    estimate_interval,
+    paired_bootstrap_against_logged,
+    paired_bootstrap_difference,
+)
 from rl.ope_validation import fit_reward_model, predict_rewards
 from rl.trainer import (
     REPORTED,
@@ -87,7 +95,11 @@ class GateDecision:
         estimator: The OPE estimator the figures come from.
         serving_version: The version compared with, None when none served.
         serving_value: Its estimated value on the held-out split.
-        difference: Candidate minus serving (point estimate).
+        baseline: What the candidate was compared with: `serving` (the serving
+            version), `logging` (the logging policy, when nothing serves) or None
+            (no figures: the first version promoted unjudged).
+        logging_value: The logging policy's observed value (`baseline` logging).
+        difference: Candidate minus the baseline (point estimate).
         difference_low: Lower end of the paired bootstrap interval.
         difference_high: Upper end of that interval.
         threshold: The lowest `difference_low` that passes.
@@ -101,6 +113,8 @@ class GateDecision:
     estimator: str
     serving_version: int | None = None
     serving_value: float | None = None
+    baseline: str | None = None
+    logging_value: float | None = None
     difference: float | None = None
     difference_low: float | None = None
     difference_high: float | None = None
@@ -118,6 +132,7 @@ def decide_promotion(
     difference: float | None = None,
     difference_low: float | None = None,
     difference_high: float | None = None,
+    logging_value: float | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     estimator: str = DEFAULT_ESTIMATOR,
     force: bool = False,
@@ -128,15 +143,22 @@ def decide_promotion(
     the interval must show that it is not worse beyond the tolerance; merely
     failing to show that it is worse is not enough.
 
+    With nothing serving, the same rule compares the candidate with the logging
+    policy when `logging_value` is given (the difference figures are then
+    candidate minus logging); without it (no figures at all) the first version
+    promotes unjudged.
+
     Args:
-        serving_version: The serving version; None when nothing serves, and then
-            the candidate passes as the first version.
+        serving_version: The serving version; None when nothing serves.
         serving_value: The serving policy's estimated value.
-        difference: Point estimate of candidate minus serving.
+        difference: Point estimate of candidate minus serving (or minus the
+            logging policy when nothing serves).
         difference_low: Lower end of its confidence interval.
         difference_high: Upper end of its confidence interval.
+        logging_value: The logging policy's observed value on the held-out
+            split; used only when nothing serves.
         tolerance: Largest tolerated drop, a fraction in [0, 1) of the serving
-            value (0.05: a 5% lower CTR is tolerated).
+            (or logging) value (0.05: a 5% lower CTR is tolerated).
         estimator: Name of the estimator, recorded with the decision.
         force: Promote whatever the figures say.
 
@@ -144,8 +166,8 @@ def decide_promotion(
         The decision.
 
     Raises:
-        LearningError: The tolerance is out of range, or a serving version is
-            named without finite figures.
+        LearningError: The tolerance is out of range, or a serving version (or
+            a logging value) is given without finite figures.
     """
     if not 0.0 <= tolerance < 1.0:
         raise LearningError(
@@ -153,40 +175,49 @@ def decide_promotion(
             f"{tolerance}; for example 0.05 tolerates a 5% lower estimated CTR"
         )
     common = {"tolerance": tolerance, "estimator": estimator}
-    if serving_version is None:
+    if serving_version is None and logging_value is None:
         return GateDecision(
             promote=True,
             passed=True,
             forced=False,
-            reason="no version serves yet, so the first candidate promotes",
+            reason="no version serves yet and no logging value was given, so the "
+            "first candidate promotes unjudged",
             **common,  # type: ignore[arg-type]
         )
-    figures = (serving_value, difference, difference_low, difference_high)
+    first = serving_version is None
+    base_value = logging_value if first else serving_value
+    base_name = "logging policy" if first else "serving"
+    figures = (base_value, difference, difference_low, difference_high)
     finite = [f for f in figures if f is not None and math.isfinite(f)]
     if len(finite) != len(figures):
+        what = "the logging policy" if first else f"serving version {serving_version}"
         raise LearningError(
-            f"comparing with serving version {serving_version} needs finite figures "
-            "(serving value, difference and both ends of its interval), but got "
-            f"{figures}"
+            f"comparing with {what} needs finite figures ({base_name} value, "
+            f"difference and both ends of its interval), but got {figures}"
         )
-    serving_value, difference, difference_low, difference_high = finite
-    threshold = -tolerance * abs(serving_value)
+    base_value, difference, difference_low, difference_high = finite
+    threshold = -tolerance * abs(base_value)
     passed = difference_low >= threshold
     relation = ">=" if passed else "<"
     reason = (
         f"{estimator.upper()} difference lower bound {difference_low:+.6f} "
-        f"{relation} threshold {threshold:+.6f} ({tolerance:.0%} of serving value "
-        f"{serving_value:.6f})"
+        f"{relation} threshold {threshold:+.6f} ({tolerance:.0%} of {base_name} "
+        f"value {base_value:.6f})"
     )
+    if first:
+        reason = "no version serves yet, judged against the logging policy: " + reason
     if not passed:
-        reason = "candidate may be worse than serving: " + reason
+        against = "the logging policy" if first else "serving"
+        reason = f"candidate may be worse than {against}: " + reason
     return GateDecision(
         promote=passed or force,
         passed=passed,
         forced=force and not passed,
         reason=reason,
         serving_version=serving_version,
-        serving_value=serving_value,
+        serving_value=None if first else base_value,
+        baseline="logging" if first else "serving",
+        logging_value=base_value if first else None,
         difference=difference,
         difference_low=difference_low,
         difference_high=difference_high,
@@ -318,6 +349,9 @@ def train_and_promote(
             f"estimator must be one of {REPORTED}, but got {estimator!r}"
         )
     tolerance = _tolerance(settings, tolerance)
+    if config.epsilon_end != settings.epsilon:
+        # The reducer serves epsilon-greedy with `settings.epsilon`: judge that.
+        config = replace(config, epsilon_end=settings.epsilon)
     store = store or open_store(settings)
     out = Path(out_dir)
     from_obd = log is None
@@ -357,6 +391,23 @@ def train_and_promote(
         if log.policy != "bts":
             references["bts logging policy (observed CTR)"] = bts
 
+    # Candidate against the logging policy (on-policy CTR of the same rows) -------
+    new_dist = policy_action_dist(candidate, test_log, config.epsilon_end, test_masks)
+    evidence = {
+        "reward": test_log.rewards,
+        "action": test_log.actions,
+        "pscore": test_log.pscore,
+        "position": test_log.position_index,
+        "estimated_rewards": estimated_rewards,
+        "n_bootstrap": config.n_bootstrap,
+        "seed": config.seed,
+    }
+    vs_logging = {
+        name: paired_bootstrap_against_logged(new_dist, estimator=name, **evidence)
+        for name in REPORTED
+    }
+    logging_value = float(test_log.rewards.mean())
+
     # Gate -------------------------------------------------------------------------
     paired = None
     paired_all: dict[str, Interval] = {}
@@ -371,13 +422,20 @@ def train_and_promote(
             serving_version=serving_version,
         )
     elif serving_net is None or serving_ope is None:
+        # Nothing serves: the first version must not be worse than the logging
+        # policy, by the same paired bootstrap and tolerance.
+        paired = vs_logging[estimator]
         decision = decide_promotion(
-            serving_version=None, tolerance=tolerance, estimator=estimator, force=force
+            serving_version=None,
+            logging_value=logging_value,
+            difference=paired.estimate,
+            difference_low=paired.low,
+            difference_high=paired.high,
+            tolerance=tolerance,
+            estimator=estimator,
+            force=force,
         )
     else:
-        new_dist = policy_action_dist(
-            candidate, test_log, config.epsilon_end, test_masks
-        )
         old_dist = policy_action_dist(
             serving_net, test_log, config.epsilon_end, test_masks
         )
@@ -450,6 +508,11 @@ def train_and_promote(
                     else None
                 ),
                 "paired": {k: v.to_dict() for k, v in paired_all.items()} or None,
+                "vs_logging": {
+                    "logging_value": logging_value,
+                    **{k: v.to_dict() for k, v in vs_logging.items()},
+                },
+                "selection": result.report.get("selection"),
                 "promotion": gate,
                 "training": {
                     "config": _jsonable(asdict(config)),
@@ -480,6 +543,11 @@ def train_and_promote(
         "version": version,
         "decision": gate,
         "paired": {k: v.to_dict() for k, v in paired_all.items()} or None,
+        "vs_logging": {
+            "logging_value": logging_value,
+            **{k: v.to_dict() for k, v in vs_logging.items()},
+        },
+        "selection": result.report.get("selection"),
         "candidate": candidate_ope,
         "serving": {"version": serving_version, "ope": serving_ope},
         "references": references,
@@ -496,6 +564,17 @@ def train_and_promote(
     )
     if show:
         print(table)
+        selection = result.report.get("selection")
+        if selection:
+            print(format_selection(selection))
+        gating = "logging" if decision.baseline == "logging" else "serving"
+        for name, interval in vs_logging.items():
+            if gating != "logging" or name != estimator:
+                print(
+                    f"candidate - logging policy ({name.upper()}, paired bootstrap, "
+                    f"not gating): {interval.estimate:+.6f} "
+                    f"[{interval.low:+.6f}, {interval.high:+.6f}]"
+                )
         for name, interval in paired_all.items():
             if name != estimator:
                 print(
@@ -588,8 +667,13 @@ def format_decision(
     """Render the gate's decision, with a banner when `--force` overrode it."""
     lines = []
     if paired is not None:
+        against = (
+            "logging policy"
+            if decision.baseline == "logging"
+            else f"serving v{decision.serving_version}"
+        )
         lines.append(
-            f"candidate - serving v{decision.serving_version} "
+            f"candidate - {against} "
             f"({decision.estimator.upper()}, paired bootstrap): "
             f"{paired.estimate:+.6f} [{paired.low:+.6f}, {paired.high:+.6f}], "
             f"threshold {decision.threshold:+.6f}"
@@ -607,6 +691,19 @@ def format_decision(
             *lines,
         ]
     return "\n".join(lines)
+
+
+def format_selection(selection: dict[str, Any]) -> str:
+    """Render the checkpoint selection on the validation slice in a few lines."""
+    curve = selection.get("curve", [])
+    points = ", ".join(f"{p['label']} {p['low']:+.5f}" for p in curve)
+    return (
+        f"checkpoint: {selection['chosen']} chosen on the validation slice "
+        f"({selection['n_validation']} rows before the test split, "
+        f"{selection['estimator'].upper()} - logged click, paired lower bound "
+        f"{selection['low']:+.6f}); {len(curve)} checkpoints, "
+        f"{selection['reason']}\nvalidation lower bounds: {points}"
+    )
 
 
 def plot_learning_curves(
