@@ -13,6 +13,16 @@ of the record.
   batches from its own stream with its own generator, one agent after another,
   as if trained by separate jobs.
 
+Checkpoint selection: the last `validation_fraction` of the training rows (the
+latest ones, never the test rows) is held back as a validation slice. Every
+`eval_every` steps the served policy (epsilon-greedy over the Q-values, ties
+sharing the greedy mass, exactly as the reducer serves) is compared with the
+logging policy on that slice by a paired bootstrap of (estimator terms - logged
+click); the checkpoint with the highest lower bound is kept, and training stops
+once `patience` evaluations pass without a better one. A "no preference" model
+(constant Q: every ad ties, so the reducer serves them uniformly) competes too,
+so a network that learned nothing trustworthy is never preferred to it.
+
 Learners join through `register_learner(name, factory)`. The Content agent's is
 built in: Q(context, ad) fitted to logged clicks as one-step episodes (the target
 is the click; `gamma` is 0 whatever the config says). Budget's pacing learner
@@ -41,14 +51,19 @@ from tqdm.auto import tqdm
 from ad_orchestrator.errors import LearningError
 from rl.buffer import ReplayBuffer
 from rl.dqn import (
-    action_probabilities,
     dqn_update,
     linear_epsilon,
     seed_everything,
 )
 from rl.envs.obd import BanditLog, load_obd, train_test_split
 from rl.networks import ContentQNet
-from rl.ope import RewardModel, estimate_interval, estimate_policy_value
+from rl.ope import (
+    Interval,
+    RewardModel,
+    estimate_interval,
+    estimate_policy_value,
+    paired_bootstrap_against_logged,
+)
 from rl.ope_validation import fit_reward_model, predict_rewards
 
 logger = logging.getLogger(__name__)
@@ -89,8 +104,20 @@ class TrainConfig:
     """Exploration rate once the schedule ends (what the trained model serves)."""
     epsilon_fraction: float = 0.5
     """Fraction of the steps over which epsilon falls."""
-    eval_every: int = 500
-    """Steps between OPE estimates on the test split (0 turns them off)."""
+    eval_every: int = 100
+    """Steps between checkpoint evaluations (validation selection and the test
+    curve); 0 turns them off and keeps the last model."""
+    validation_fraction: float = 0.2
+    """Latest fraction of the training rows held back to select the checkpoint
+    (0 keeps the last model; the test rows are never used)."""
+    patience: int = 4
+    """Evaluations without a better validation bound before training stops."""
+    select_estimator: str = "snipw"
+    """Estimator of the validation selection: ipw, snipw or dr."""
+    select_bootstrap: int = 200
+    """Bootstrap resamples of each validation comparison."""
+    weight_decay: float = 1e-2
+    """Decoupled weight decay (AdamW) of the Content network."""
     n_bootstrap: int = 500
     """Bootstrap resamples of the final OPE intervals."""
     seed: int = 0
@@ -116,6 +143,15 @@ class TrainConfig:
             ("epsilon_end", 0.0 <= self.epsilon_end <= 1.0, "in [0, 1]"),
             ("epsilon_fraction", 0.0 < self.epsilon_fraction <= 1.0, "in (0, 1]"),
             ("eval_every", self.eval_every >= 0, "non-negative"),
+            (
+                "validation_fraction",
+                0.0 <= self.validation_fraction < 1.0,
+                "in [0, 1)",
+            ),
+            ("patience", self.patience >= 1, "at least 1"),
+            ("select_estimator", self.select_estimator in REPORTED, f"in {REPORTED}"),
+            ("select_bootstrap", self.select_bootstrap >= 1, "at least 1"),
+            ("weight_decay", self.weight_decay >= 0, "non-negative"),
             ("n_bootstrap", self.n_bootstrap >= 1, "at least 1"),
             ("torch_threads", self.torch_threads >= 0, "non-negative"),
             ("agents", len(self.agents) > 0, "a non-empty tuple of agent names"),
@@ -313,7 +349,9 @@ class ContentLearner:
         self.buffer.add_batch(
             (contexts, affinity), record.actions, record.reward, masks=record.masks
         )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
 
     @classmethod
     def build(cls, config: TrainConfig, record: DecisionRecord) -> ContentLearner:
@@ -362,6 +400,30 @@ def content_q_values(
     return out
 
 
+def served_probabilities(
+    q_values: np.ndarray, epsilon: float, masks: np.ndarray | None = None
+) -> np.ndarray:
+    """Return the reducer's epsilon-greedy probabilities for `(n, n_actions)` Q.
+
+    Every allowed ad gets `epsilon / n_allowed`; the `1 - epsilon` greedy mass is
+    shared evenly by the allowed ads tied at the top (`reducer.epsilon_greedy`),
+    so a model whose Q-values all tie serves the allowed ads uniformly.
+    """
+    q = np.asarray(q_values, dtype=np.float64)
+    allowed = np.ones(q.shape, dtype=bool) if masks is None else np.asarray(masks)
+    if allowed.shape != q.shape or not allowed.any(axis=1).all():
+        raise LearningError(
+            f"`masks` must be a bool array shaped like the Q-values {q.shape} with "
+            "at least one allowed ad per row"
+        )
+    scores = np.where(allowed, q, -np.inf)
+    best = allowed & (scores == scores.max(axis=1, keepdims=True))
+    n_allowed = allowed.sum(axis=1, keepdims=True)
+    return allowed * (epsilon / n_allowed) + best * (
+        (1.0 - epsilon) / best.sum(axis=1, keepdims=True)
+    )
+
+
 def policy_action_dist(
     model: ContentQNet,
     log: BanditLog,
@@ -370,9 +432,10 @@ def policy_action_dist(
 ) -> np.ndarray:
     """Return the served policy's `(n, n_actions, len_list)` action distribution.
 
-    At each row and position the policy is epsilon-greedy over the allowed ads:
-    `1 - epsilon` on the best one, `epsilon` spread evenly over all allowed. This
-    is the layout `rl.ope` reads (row `i` is judged at its logged position).
+    At each row and position the policy is what the reducer serves: epsilon-greedy
+    over the allowed ads, `1 - epsilon` shared by the best ones (ties split it),
+    `epsilon` spread evenly over all allowed (`served_probabilities`). This is
+    the layout `rl.ope` reads (row `i` is judged at its logged position).
 
     Args:
         model: The Content network.
@@ -383,7 +446,7 @@ def policy_action_dist(
     q = content_q_values(model, log)
     dist = np.empty(q.shape, dtype=np.float64)
     for k in range(log.len_list):
-        dist[:, :, k] = action_probabilities(q[:, :, k], epsilon, masks)
+        dist[:, :, k] = served_probabilities(q[:, :, k], epsilon, masks)
     return dist
 
 
@@ -458,6 +521,92 @@ def evaluate(
     }
 
 
+# Checkpoint selection on the validation slice -------------------------------------
+
+NO_PREFERENCE = "no-preference"
+
+
+def no_preference_model(hidden: int, value: float = 0.0) -> ContentQNet:
+    """Return a `ContentQNet` that scores every ad `value` exactly.
+
+    Its last layer's weights are zero, so every candidate ties and the reducer
+    serves the allowed ads uniformly: the policy to keep when nothing learned
+    can be trusted to do better.
+    """
+    model = ContentQNet(hidden=hidden)
+    last = model.head[-1]
+    assert isinstance(last, nn.Linear)
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(value)
+    return model
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One candidate model judged on the validation slice.
+
+    Attributes:
+        label: `no-preference`, or `step N`.
+        step: Gradient steps taken (-1 for the no-preference model).
+        estimate: Candidate minus logging policy, point estimate.
+        low: Lower end of its paired bootstrap interval.
+        high: Upper end of that interval.
+    """
+
+    label: str
+    step: int
+    estimate: float
+    low: float
+    high: float
+
+
+def select_checkpoint(checkpoints: list[Checkpoint]) -> int:
+    """Return the index of the checkpoint to keep.
+
+    The highest lower bound of (checkpoint - logging policy) wins: the one the
+    data show to be least likely worse than logging. Ties keep the earliest, so
+    the no-preference model (listed first) and shorter training win ties.
+
+    Raises:
+        LearningError: If `checkpoints` is empty.
+    """
+    if not checkpoints:
+        raise LearningError("select_checkpoint needs at least one checkpoint")
+    best = 0
+    for index, point in enumerate(checkpoints):
+        if point.low > checkpoints[best].low:
+            best = index
+    return best
+
+
+def validation_interval(
+    model: ContentQNet,
+    log: BanditLog,
+    *,
+    epsilon: float,
+    estimator: str,
+    masks: np.ndarray | None = None,
+    reward_model: RewardModel | None = None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> Interval:
+    """Paired bootstrap of the served policy minus the logging policy on `log`."""
+    dist = policy_action_dist(model, log, epsilon, masks)
+    estimated = predict_rewards(reward_model, log) if reward_model is not None else None
+    return paired_bootstrap_against_logged(
+        dist,
+        reward=log.rewards,
+        action=log.actions,
+        pscore=log.pscore,
+        position=log.position_index,
+        estimated_rewards=estimated,
+        estimator=estimator,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+
+
 # Training ---------------------------------------------------------------------------
 
 
@@ -471,7 +620,9 @@ class History:
         epsilon: Per agent, the served exploration rate at each update.
         ope_step: Steps at which the policy was evaluated.
         ope: Per estimator (`ipw`, `snipw`), the Content policy's estimated CTR
-            on the test split at each `ope_step`.
+            on the test split at each `ope_step` (reported, never used to choose).
+        validation: Every checkpoint judged on the validation slice
+            (`Checkpoint` fields), in order.
     """
 
     step: dict[str, list[int]] = field(default_factory=dict)
@@ -481,6 +632,7 @@ class History:
     ope: dict[str, list[float]] = field(
         default_factory=lambda: {"ipw": [], "snipw": []}
     )
+    validation: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, agent: str, step: int, loss: float, epsilon: float) -> None:
         """Append one update of `agent`."""
@@ -528,6 +680,133 @@ def _quick_ope(
     }
 
 
+def _validation_split(
+    log: BanditLog, masks: np.ndarray | None, fraction: float
+) -> tuple[BanditLog, BanditLog | None, np.ndarray | None, np.ndarray | None]:
+    """Split off the latest `fraction` of `log` as the validation slice."""
+    if fraction == 0.0:
+        return log, None, masks, None
+    fit_log, val_log = train_test_split(log, 1.0 - fraction)
+    cut = fit_log.n_rounds
+    if masks is None:
+        return fit_log, val_log, None, None
+    return fit_log, val_log, masks[:cut], masks[cut:]
+
+
+class _Selector:
+    """Judges checkpoints on the validation slice and keeps the best one."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        fit_log: BanditLog,
+        val_log: BanditLog | None,
+        val_masks: np.ndarray | None,
+        history: History,
+    ) -> None:
+        self.config = config
+        self.val_log = val_log
+        self.val_masks = val_masks
+        self.history = history
+        self.enabled = val_log is not None and config.eval_every > 0
+        self.fit_ctr = float(fit_log.rewards.mean())
+        self.reward_model = (
+            fit_reward_model(fit_log)
+            if self.enabled and config.select_estimator == "dr"
+            else None
+        )
+        self.checkpoints: list[Checkpoint] = []
+        self.states: list[dict[str, torch.Tensor] | None] = []
+        self.best_trained = -np.inf
+        self.stale = 0
+
+    def _judge(self, model: ContentQNet, label: str, step: int) -> Checkpoint:
+        assert self.val_log is not None
+        interval = validation_interval(
+            model,
+            self.val_log,
+            epsilon=self.config.epsilon_end,
+            estimator=self.config.select_estimator,
+            masks=self.val_masks,
+            reward_model=self.reward_model,
+            n_bootstrap=self.config.select_bootstrap,
+            seed=self.config.seed,
+        )
+        point = Checkpoint(label, step, interval.estimate, interval.low, interval.high)
+        self.checkpoints.append(point)
+        self.history.validation.append(asdict(point))
+        logger.info(
+            "validation %s: %s - logged %+.5f [%+.5f, %+.5f]",
+            label,
+            self.config.select_estimator,
+            point.estimate,
+            point.low,
+            point.high,
+        )
+        return point
+
+    def consider_no_preference(self) -> None:
+        """Judge the constant-Q model (the reducer serves it uniformly)."""
+        if not self.enabled:
+            return
+        model = no_preference_model(self.config.hidden, self.fit_ctr)
+        self._judge(model, NO_PREFERENCE, -1)
+        self.states.append(_snapshot(model))
+
+    def consider(self, model: ContentQNet, step: int) -> bool:
+        """Judge the model after `step` steps; True when training should stop."""
+        if not self.enabled:
+            return False
+        point = self._judge(model, f"step {step}", step)
+        self.states.append(_snapshot(model))
+        if point.low > self.best_trained:
+            self.best_trained = point.low
+            self.stale = 0
+            return False
+        self.stale += 1
+        return self.stale >= self.config.patience
+
+    @property
+    def chosen(self) -> int:
+        """Index of the selected checkpoint."""
+        return select_checkpoint(self.checkpoints)
+
+    def restore(self, model: ContentQNet) -> None:
+        """Load the selected checkpoint's weights into `model`."""
+        state = self.states[self.chosen]
+        assert state is not None
+        model.load_state_dict(state)
+
+    def summary(self) -> dict[str, Any]:
+        """The selection, JSON-ready, for reports and metadata."""
+        chosen = self.checkpoints[self.chosen]
+        assert self.val_log is not None
+        if chosen.label == NO_PREFERENCE:
+            reason = (
+                "no trained checkpoint had a higher lower bound than the "
+                "no-preference model, which serves the allowed ads uniformly"
+            )
+        else:
+            reason = "the trained checkpoint with the highest lower bound"
+        return {
+            "chosen": chosen.label,
+            "step": chosen.step,
+            "estimator": self.config.select_estimator,
+            "estimate": chosen.estimate,
+            "low": chosen.low,
+            "high": chosen.high,
+            "n_validation": self.val_log.n_rounds,
+            "validation_ctr": float(self.val_log.rewards.mean()),
+            "epsilon": self.config.epsilon_end,
+            "reason": reason,
+            "curve": [asdict(point) for point in self.checkpoints],
+        }
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def train(
     config: TrainConfig,
     log: BanditLog | None = None,
@@ -552,13 +831,17 @@ def train(
         torch.set_num_threads(config.torch_threads)
     rng = seed_everything(config.seed)
 
-    # Data: a time-ordered split; the test part is only ever used for OPE.
+    # Data: a time-ordered split; the test part is only ever used for OPE. The
+    # latest rows of the training part are the validation slice.
     log = log or load_obd(config.policy, config.campaign)
     train_log, test_log = train_test_split(log, config.train_fraction)
     cut = train_log.n_rounds
     train_masks = None if masks is None else masks[:cut]
     test_masks = None if masks is None else masks[cut:]
-    record = DecisionRecord.from_bandit_log(train_log, train_masks)
+    fit_log, val_log, fit_masks, val_masks = _validation_split(
+        train_log, train_masks, config.validation_fraction
+    )
+    record = DecisionRecord.from_bandit_log(fit_log, fit_masks)
 
     # Learners: one per learned agent, each with its own network and buffer.
     unknown = [name for name in config.agents if name not in _LEARNERS]
@@ -569,20 +852,22 @@ def train(
         )
     learners = {name: _LEARNERS[name](config, record) for name in config.agents}
     history = History()
+    selector = _Selector(config, fit_log, val_log, val_masks, history)
+    selector.consider_no_preference()
 
-    def evaluate_now(step: int) -> None:
+    def evaluate_now(step: int) -> bool:
+        """Judge the Content checkpoint; return True when training should stop."""
         content = learners.get("content")
         if config.eval_every == 0 or content is None:
-            return
+            return False
         if not isinstance(content.model, ContentQNet):
-            return
-        estimates = _quick_ope(
-            content.model, test_log, config.epsilon(step), test_masks
-        )
+            return False
+        estimates = _quick_ope(content.model, test_log, config.epsilon_end, test_masks)
         history.ope_step.append(step)
         for name, value in estimates.items():
             history.ope[name].append(value)
         logger.info(LOG_OPE, step, "content", estimates["snipw"], estimates["ipw"])
+        return selector.consider(content.model, step)
 
     def learn(
         name: str, step: int, rows: np.ndarray | None, own: np.random.Generator
@@ -593,31 +878,44 @@ def train(
         if step % max(1, config.steps // 10) == 0:
             logger.info(LOG_STEP, step, name, loss, epsilon)
 
+    def due(step: int) -> bool:
+        return bool(config.eval_every) and step % config.eval_every == 0
+
     # The loop: joint steps share their rows; independent learners run apart.
     total = config.steps * (len(learners) if config.independent else 1)
     bar = tqdm(total=total, disable=not progress, desc="train", unit="step")
+    stopped_at: int | None = None
     if config.independent:
         for index, name in enumerate(learners):
             own = np.random.default_rng([config.seed, index])
             for step in range(config.steps):
+                if name == "content" and due(step) and evaluate_now(step):
+                    stopped_at = step
+                    break
                 learn(name, step, None, own)
-                if (
-                    name == "content"
-                    and config.eval_every
-                    and step % config.eval_every == 0
-                ):
-                    evaluate_now(step)
                 bar.update()
     else:
         for step in range(config.steps):
+            if due(step) and evaluate_now(step):
+                stopped_at = step
+                break
             rows = rng.integers(0, record.n, size=config.batch_size)
             for name in learners:
                 learn(name, step, rows, rng)
-            if config.eval_every and step % config.eval_every == 0:
-                evaluate_now(step)
             bar.update()
     bar.close()
-    evaluate_now(config.steps)
+    if stopped_at is None:
+        evaluate_now(config.steps)
+    else:
+        logger.info(
+            "early stop at step %d: %d evaluations without a better validation bound",
+            stopped_at,
+            config.patience,
+        )
+
+    # Keep the selected Content checkpoint.
+    if "content" in learners and selector.enabled:
+        selector.restore(learners["content"].model)  # type: ignore[arg-type]
 
     # Final evaluation of the Content policy, with intervals.
     models = {name: learner.model for name, learner in learners.items()}
@@ -632,7 +930,10 @@ def train(
             "test_ctr": float(test_log.rewards.mean()),
         },
         "mode": "independent" if config.independent else "joint",
+        "stopped_at": stopped_at,
     }
+    if selector.enabled:
+        report["selection"] = selector.summary()
     if "content" in models:
         report["ope"] = evaluate(
             models["content"],  # type: ignore[arg-type]
