@@ -32,6 +32,7 @@ from ad_orchestrator.coordinator import (
     task_options,
     unpack_batch,
 )
+from ad_orchestrator.errors import RequestValidationError
 from ad_orchestrator.feedback import FeedbackLog
 from ad_orchestrator.graph import AgentGraph
 from ad_orchestrator.ledger import BudgetLedger, load_campaigns
@@ -190,9 +191,23 @@ def agent_task(cls: type[Agent[Any]]) -> Task:
 
 
 def parse_edge(items: list[Any], settings: Settings) -> list[AdRequest]:
-    """Validate requests where they enter the service and pseudonymise their ids."""
+    """Validate requests where they enter the service and pseudonymise their ids.
+
+    Agents' answers are joined by request id, so ids must be unique in a batch.
+    """
     salt = settings.secret("id_salt")
-    return [pseudonymise(parse_request(item), salt) for item in items]
+    requests = [pseudonymise(parse_request(item), salt) for item in items]
+    seen: dict[str, int] = {}
+    for index, request in enumerate(requests):
+        first = seen.get(request.request_id)
+        if first is not None:
+            problem = (
+                f"repeats request {first}'s id {request.request_id!r}; ids must be "
+                "unique in a batch"
+            )
+            raise RequestValidationError("batch", [(f"{index}.request_id", problem)])
+        seen[request.request_id] = index
+    return requests
 
 
 def _parse_all(request_or_batch: Any) -> tuple[list[AdRequest], bool]:

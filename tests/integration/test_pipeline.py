@@ -197,3 +197,11 @@ def test_concurrent_decisions_never_overspend(
         "budget_exhausted"
     }
     assert 10 <= len(bids) <= 20
+
+
+def test_a_batch_with_repeated_request_ids_is_refused(celery_worker: Any) -> None:
+    """Answers are joined by request id, so a repeated id is a validation error."""
+    from ad_orchestrator.client import decide
+
+    with pytest.raises(RequestValidationError, match=r"1\.request_id"):
+        decide([make_request("same"), make_request("same")], timeout=5)
