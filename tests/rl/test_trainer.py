@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,15 +13,21 @@ from torch import nn
 
 from ad_orchestrator.errors import LearningError
 from ad_orchestrator.features import ContextFields, encode_ads, encode_context
+from ad_orchestrator.reducer import epsilon_greedy
 from rl.envs.obd import USER_FEATURES, BanditLog
 from rl.trainer import (
     _LEARNERS,
+    NO_PREFERENCE,
+    Checkpoint,
     DecisionRecord,
     TrainConfig,
     content_q_values,
     evaluate,
+    no_preference_model,
     policy_action_dist,
     register_learner,
+    select_checkpoint,
+    served_probabilities,
     train,
     uniform_action_dist,
     unregister_learner,
@@ -229,9 +236,115 @@ def test_unknown_agent_is_named(data) -> None:
         ("lr", -1.0, "`lr` must be positive"),
         ("epsilon_fraction", 0.0, "`epsilon_fraction` must be in"),
         ("agents", (), "`agents` must be a non-empty tuple"),
+        ("validation_fraction", 1.0, "`validation_fraction` must be in \\[0, 1\\)"),
+        ("patience", 0, "`patience` must be at least 1"),
+        ("select_estimator", "dm", "`select_estimator` must be in"),
+        ("weight_decay", -1.0, "`weight_decay` must be non-negative"),
     ],
 )
 def test_config_rejects_bad_values(field: str, value: object, match: str) -> None:
     """Each bad setting is named in the error."""
     with pytest.raises(LearningError, match=match):
         TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+# The served policy matches the reducer ----------------------------------------------
+
+
+def test_served_probabilities_share_the_greedy_mass_among_ties() -> None:
+    """Ads tied at the top split 1 - epsilon, as `reducer.epsilon_greedy` does."""
+    q = np.array([[0.2, 0.5, 0.5, 0.1], [0.3, 0.3, 0.3, 0.3]])
+    probs = served_probabilities(q, 0.2)
+    np.testing.assert_allclose(probs[0], [0.05, 0.45, 0.45, 0.05])
+    np.testing.assert_allclose(probs[1], [0.25, 0.25, 0.25, 0.25])
+
+
+def test_served_probabilities_are_the_reducer_propensities() -> None:
+    """Every ad the reducer draws is logged with the probability we evaluate."""
+    rng = np.random.default_rng(3)
+    scores = np.array([0.1, 0.7, 0.7, 0.2, 0.05])
+    expected = served_probabilities(scores[None], 0.1)[0]
+    for _ in range(50):
+        choice = epsilon_greedy(scores, 0.1, rng)
+        assert choice.propensity == pytest.approx(expected[choice.index])
+
+
+def test_served_probabilities_respect_masks() -> None:
+    """A denied ad gets nothing even when it scores best."""
+    q = np.array([[0.9, 0.1, 0.2]])
+    probs = served_probabilities(q, 0.3, np.array([[False, True, True]]))
+    np.testing.assert_allclose(probs, [[0.0, 0.15, 0.85]])
+
+
+def test_no_preference_model_is_served_uniformly(data) -> None:
+    """Constant Q-values tie every ad, so the served policy is the uniform one."""
+    log, _ = data
+    model = no_preference_model(hidden=16, value=0.01)
+    q = content_q_values(model, log)
+    assert np.all(q == np.float32(0.01))
+    np.testing.assert_allclose(
+        policy_action_dist(model, log, 0.05), uniform_action_dist(log)
+    )
+
+
+# Checkpoint selection ----------------------------------------------------------------
+
+
+def point(label: str, low: float) -> Checkpoint:
+    """A checkpoint whose interval is centred 0.001 above `low`."""
+    return Checkpoint(label, 0, low + 0.001, low, low + 0.002)
+
+
+@pytest.mark.parametrize(
+    ("lows", "chosen"),
+    [
+        ([0.0, -0.003, -0.001, -0.002], 0),  # nothing beats no-preference
+        ([0.0, -0.003, 0.002, 0.001], 2),  # training helped, then hurt
+        ([0.0, 0.0, 0.0], 0),  # ties keep the earliest
+        ([-0.001, -0.004, -0.0005], 2),
+    ],
+)
+def test_select_checkpoint_keeps_the_highest_lower_bound(lows, chosen) -> None:
+    """The best validation lower bound wins; ties keep the earlier checkpoint."""
+    checkpoints = [point(f"c{i}", low) for i, low in enumerate(lows)]
+    assert select_checkpoint(checkpoints) == chosen
+
+
+def test_select_checkpoint_needs_candidates() -> None:
+    """An empty list is an error that says so."""
+    with pytest.raises(LearningError, match="at least one checkpoint"):
+        select_checkpoint([])
+
+
+def test_training_on_noise_keeps_the_no_preference_model(data) -> None:
+    """Clicks independent of the ad: nothing beats uniform, training stops early."""
+    log, _ = data
+    rng = np.random.default_rng(7)
+    noise = replace(log, rewards=(rng.random(log.n_rounds) < 0.1).astype(np.float32))
+    config = quick(steps=2000, eval_every=100, patience=2, n_bootstrap=20)
+    result = train(config, log=noise, progress=False)
+    selection = result.report["selection"]
+    assert selection["chosen"] == NO_PREFERENCE
+    assert result.report["stopped_at"] is not None
+    assert result.report["stopped_at"] < 2000
+    trained = [p["low"] for p in selection["curve"][1:]]
+    # It stopped `patience` evaluations after the best trained checkpoint.
+    assert len(trained) - 1 - int(np.argmax(trained)) == config.patience
+    assert selection["curve"][-1]["step"] == result.report["stopped_at"]
+    validation = noise.subset(slice(1680, 2100))
+    np.testing.assert_allclose(
+        policy_action_dist(result.models["content"], validation, 0.05),
+        uniform_action_dist(validation),
+    )
+
+
+def test_training_on_signal_keeps_a_trained_checkpoint(data) -> None:
+    """With a clear signal the kept checkpoint beats logging on validation."""
+    log, _ = data
+    result = train(quick(), log=log, progress=False)
+    selection = result.report["selection"]
+    assert selection["chosen"] != NO_PREFERENCE
+    assert selection["low"] > 0
+    assert selection["n_validation"] == 420  # the last 20% of 2,100 training rows
+    lows = [p["low"] for p in selection["curve"]]
+    assert selection["low"] == max(lows)
