@@ -32,8 +32,8 @@ from rl.trainer import TrainConfig
 # The gate on synthetic figures ------------------------------------------------------
 
 
-def test_first_candidate_promotes_when_nothing_serves():
-    """With no serving version there is nothing to compare: version 1 promotes."""
+def test_first_candidate_without_figures_promotes_unjudged():
+    """No serving version and no logging value (Budget's case): version 1 promotes."""
     decision = decide_promotion(serving_version=None)
 
     assert decision.promote
@@ -137,6 +137,53 @@ def test_forced_decision_prints_a_banner():
 
 
 @pytest.mark.parametrize(
+    ("low", "promote"),
+    [
+        (0.0, True),  # serves the logging policy itself: difference exactly 0
+        (-0.0001, True),  # may be 2.5% worse than 0.004: within 5%
+        (-0.0002, True),  # exactly on the threshold
+        (-0.0035, False),  # the overfitted candidate: may be ~90% worse
+    ],
+)
+def test_first_version_is_judged_against_the_logging_policy(low, promote):
+    """With nothing serving, the candidate must not be worse than logging."""
+    decision = decide_promotion(
+        serving_version=None,
+        logging_value=0.004,
+        difference=low + 0.001,
+        difference_low=low,
+        difference_high=low + 0.002,
+        tolerance=0.05,
+    )
+
+    assert decision.promote is promote
+    assert decision.passed is promote
+    assert decision.baseline == "logging"
+    assert decision.logging_value == 0.004
+    assert decision.serving_value is None
+    assert decision.threshold == pytest.approx(-0.0002)
+    assert "judged against the logging policy" in decision.reason
+    assert ("may be worse than the logging policy" in decision.reason) is not promote
+
+
+def test_force_promotes_a_first_version_worse_than_logging_loudly():
+    """`force` overrides the logging comparison too, and is marked forced."""
+    decision = decide_promotion(
+        serving_version=None,
+        logging_value=0.0033,
+        difference=-0.0031,
+        difference_low=-0.0045,
+        difference_high=-0.0016,
+        force=True,
+    )
+
+    assert decision.promote and decision.forced and not decision.passed
+    text = format_decision(decision, 1, None)
+    assert "FORCED PROMOTION" in text
+    assert "worse than the logging policy" in text
+
+
+@pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"serving_version": None, "tolerance": -0.1}, "tolerance must be a fraction"),
@@ -151,6 +198,10 @@ def test_forced_decision_prints_a_banner():
                 "difference_high": 0.001,
             },
             "needs finite figures",
+        ),
+        (
+            {"serving_version": None, "logging_value": 0.003},
+            "comparing with the logging policy needs finite figures",
         ),
     ],
 )
@@ -212,6 +263,13 @@ def test_pipeline_promotes_the_first_version_and_writes_its_report(
     _, meta = store.load("content", 1, ContentQNet.INPUT_SCHEMA)
     assert meta["promotion"]["promote"] is True
     assert meta["promotion"]["serving_version"] is None
+    assert meta["promotion"]["baseline"] == "logging"
+    assert meta["promotion"]["logging_value"] == pytest.approx(
+        float(small_log.rewards[1400:].mean())
+    )
+    assert set(meta["vs_logging"]) == {"logging_value", "ipw", "snipw", "dr"}
+    assert meta["promotion"]["difference_low"] == meta["vs_logging"]["snipw"]["low"]
+    assert meta["selection"]["n_validation"] == 280
     assert meta["ope"]["estimator"] == "snipw"
     assert meta["ope"]["low"] <= meta["ope"]["value"] <= meta["ope"]["high"]
     assert meta["data"]["n_train"] == 1400
@@ -333,3 +391,24 @@ def test_budget_pipeline_promotes_then_compares_pacers(store, tmp_path):
     assert second.decision.difference == pytest.approx(0.0)
     assert second.version == 2 and store.serving_version("budget") == 2
     assert "serving v1" in second.table
+
+
+def test_pipeline_refuses_a_first_version_worse_than_logging(
+    store, small_log, tmp_path
+):
+    """Without checkpoint selection the overfitted network loses to logging."""
+    outcome = train_and_promote(
+        store.settings,
+        tiny_config(validation_fraction=0.0),
+        store=store,
+        log=small_log,
+        out_dir=tmp_path / "out",
+        progress=False,
+        show=False,
+    )
+
+    assert not outcome.decision.promote
+    assert outcome.version is None
+    assert store.serving_version("content") is None
+    assert "worse than the logging policy" in outcome.decision.reason
+    assert outcome.report["selection"] is None
