@@ -711,14 +711,14 @@ def plot_learning_curves(
     path: Path,
     references: dict[str, dict[str, float] | None] | None = None,
 ) -> Path:
-    """Draw loss, epsilon and the held-out OPE estimates over training steps."""
+    """Draw loss and epsilon, the validation selection, and held-out OPE."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     history = result.history
-    figure, (loss_ax, ope_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (loss_ax, val_ax, ope_ax) = plt.subplots(1, 3, figsize=(16, 4))
     for agent, losses in history.loss.items():
         steps = np.asarray(history.step[agent])
         values = np.asarray(losses)
@@ -742,8 +742,26 @@ def plot_learning_curves(
         color, style = next(styles, ("black", ":"))
         if ref:
             ope_ax.axhline(ref["estimate"], ls=style, lw=1, label=label, color=color)
+    selection = result.report.get("selection")
+    if selection:
+        curve = selection["curve"]
+        trained = [p for p in curve if p["step"] >= 0]
+        steps = [p["step"] for p in trained]
+        val_ax.plot(steps, [p["estimate"] for p in trained], marker="o", label="point")
+        val_ax.fill_between(
+            steps,
+            [p["low"] for p in trained],
+            [p["high"] for p in trained],
+            alpha=0.2,
+            label="95% paired interval",
+        )
+        val_ax.axhline(0.0, color="gray", ls=":", lw=1, label="no-preference")
+        val_ax.set_title(f"kept: {selection['chosen']}", fontsize=9)
+        val_ax.legend(fontsize=8)
+    val_ax.set_xlabel("gradient step")
+    val_ax.set_ylabel("validation: policy - logging (CTR)")
     ope_ax.set_xlabel("gradient step")
-    ope_ax.set_ylabel("estimated CTR on held-out split")
+    ope_ax.set_ylabel("held-out estimated CTR (report only)")
     ope_ax.legend(fontsize=8)
     figure.suptitle("Content Q-network training")
     figure.tight_layout()
