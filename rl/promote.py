@@ -393,7 +393,7 @@ def train_and_promote(
 
     # Candidate against the logging policy (on-policy CTR of the same rows) -------
     new_dist = policy_action_dist(candidate, test_log, config.epsilon_end, test_masks)
-    evidence = {
+    evidence: dict[str, Any] = {
         "reward": test_log.rewards,
         "action": test_log.actions,
         "pscore": test_log.pscore,
@@ -746,10 +746,10 @@ def plot_learning_curves(
     if selection:
         curve = selection["curve"]
         trained = [p for p in curve if p["step"] >= 0]
-        steps = [p["step"] for p in trained]
-        val_ax.plot(steps, [p["estimate"] for p in trained], marker="o", label="point")
+        at = [p["step"] for p in trained]
+        val_ax.plot(at, [p["estimate"] for p in trained], marker="o", label="point")
         val_ax.fill_between(
-            steps,
+            at,
             [p["low"] for p in trained],
             [p["high"] for p in trained],
             alpha=0.2,
