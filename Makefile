@@ -42,11 +42,7 @@ lint: $(STAMP) ## ruff (format and checks) and mypy
 	$(VENV)/bin/mypy ad_orchestrator tasks policies rl
 
 worker: $(STAMP) ## a Celery worker for the agents, task events on, metrics on :9808
-	# prometheus_client picks multiprocess mode at import: set its folder first.
-	mkdir -p .adorch/prometheus
-	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.adorch/prometheus \
-		ADORCH_METRICS_PORT=$${ADORCH_METRICS_PORT:-9808} \
-		$(VENV)/bin/adorch worker $(ARGS)
+	$(VENV)/bin/adorch worker $(ARGS)
 
 beat: $(STAMP) ## Celery beat: reservation release and periodic retrain
 	$(VENV)/bin/adorch beat $(ARGS)

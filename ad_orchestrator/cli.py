@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -121,9 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prepare_worker_metrics(settings: Settings) -> None:
+    """Point a prefork worker's metrics at a shared folder, before they load.
+
+    prometheus_client picks single- or multi-process mode when it is first
+    imported, so the folder must be in the environment before anything imports it;
+    pool children then write their samples there and the worker's exporter (on
+    `ADORCH_METRICS_PORT`, 9808 by default here) serves them all.
+    """
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        folder = settings.state_dir / "prometheus"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    os.environ.setdefault("ADORCH_METRICS_PORT", "9808")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `adorch` command and return its exit status."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["worker"]:
+        _prepare_worker_metrics(load_settings())
+    args = build_parser().parse_args(words)
     settings: Settings = load_settings()
     from ad_orchestrator.logging import configure_logging
 

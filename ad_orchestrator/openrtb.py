@@ -53,6 +53,7 @@ NBR_CODES: dict[str, int] = {
     "no_candidates": 0,
     "policy_denied_all": 0,
     "budget_exhausted": 0,
+    "unknown_campaign": 0,
     "below_floor": 0,
     "policy_failed": 1,  # technical error
     "invalid_request": 2,

@@ -12,6 +12,8 @@ from torch import nn
 
 from ad_orchestrator.features import AD_DIM, CONTEXT_DIM
 
+CONTENT_HIDDEN = 64
+
 
 class ContentQNet(nn.Module):
     """Q(context, ad): the expected reward (click) of showing `ad` in `context`.
@@ -22,7 +24,7 @@ class ContentQNet(nn.Module):
 
     INPUT_SCHEMA = f"content-q/v1 context={CONTEXT_DIM} ad={AD_DIM}"
 
-    def __init__(self, hidden: int = 64) -> None:
+    def __init__(self, hidden: int = CONTENT_HIDDEN) -> None:
         super().__init__()
         self.context = nn.Sequential(nn.Linear(CONTEXT_DIM, hidden), nn.ReLU())
         self.ad = nn.Sequential(nn.Linear(AD_DIM, hidden), nn.ReLU())

@@ -535,7 +535,10 @@ def no_preference_model(hidden: int, value: float = 0.0) -> ContentQNet:
     """
     model = ContentQNet(hidden=hidden)
     last = model.head[-1]
-    assert isinstance(last, nn.Linear)
+    if not isinstance(last, nn.Linear):
+        raise LearningError(
+            f"ContentQNet's head must end in a Linear layer, but got {last!r}"
+        )
     with torch.no_grad():
         last.weight.zero_()
         last.bias.fill_(value)

@@ -45,7 +45,8 @@ from ad_orchestrator.features import (
 from ad_orchestrator.schemas import AdRequest, CandidateAd, ContentOutput, TopicScore
 from ad_orchestrator.settings import Settings
 from ad_orchestrator.weights import ServingModel, WeightStore
-from rl.networks import ContentQNet
+from rl.networks import CONTENT_HIDDEN, ContentQNet
+from rl.trainer import no_preference_model
 from tasks.base import Agent, Upstream
 
 log = logging.getLogger(__name__)
@@ -197,14 +198,18 @@ def score_batch(model: nn.Module, batch: EncodedBatch) -> tuple[np.ndarray, np.n
 
 
 def untrained_model(seed: int = 0) -> ContentQNet:
-    """Return an untrained ContentQNet, the same in every worker process.
+    """Return the model served until the trainer publishes weights.
 
-    Served until the trainer publishes weights; seeded (without touching the global
-    random state) so that every worker ranks ads the same way meanwhile.
+    It scores every ad the same (its last layer is zero), so the reducer serves the
+    allowed ads uniformly: before anything is learned, the service explores like
+    the random policy the Open Bandit logs come from, instead of ranking ads by an
+    arbitrary random network (which off-policy evaluation shows does worse). The
+    other layers are seeded (without touching the global random state), so every
+    worker holds the same module.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ContentQNet()
+        return no_preference_model(hidden=CONTENT_HIDDEN)
 
 
 def _bytes_client(client: redis.Redis) -> redis.Redis:
