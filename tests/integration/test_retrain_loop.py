@@ -2,11 +2,14 @@
 
 Decisions made by the worker fill the decision stream, clicks go through the
 `record_feedback` task, the retrain reads both, trains, passes the gate (nothing
-serves yet) and publishes; the running worker then decides with the new version.
+serves yet, so it must beat the logging policy, the service's own uniform
+exploration, on held-out rows: clicks on two of the five ads make that learnable)
+and publishes; the running worker then decides with the new version.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -88,7 +91,7 @@ def test_own_traffic_retrains_promotes_and_serves(loop_worker, redis_url, tmp_pa
         record_feedback.apply_async((event,), queue=settings.queue).get(timeout=10)
     client = redis.Redis.from_url(redis_url)
     options = RetrainOptions(
-        min_new=100, min_clicks=3, min_age_s=0, steps=10, out_dir=tmp_path
+        min_new=100, min_clicks=3, min_age_s=0, steps=300, out_dir=tmp_path
     )
 
     summary = retrain(settings, client, options, now=time.time() + 1)
@@ -96,7 +99,7 @@ def test_own_traffic_retrains_promotes_and_serves(loop_worker, redis_url, tmp_pa
     after = decide(make_request(999), settings=settings, timeout=10.0)
 
     assert len(bids) >= 100
-    assert summary["status"] == "promoted", summary
+    assert summary["status"] == "promoted", json.dumps(summary, default=str)[:3000]
     assert summary["version"] == 1
     assert summary["rows"] == len(bids)
     assert summary["clicks"] == len(clicked)
