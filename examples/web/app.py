@@ -36,8 +36,8 @@ logger = logging.getLogger(__name__)
 
 # Kept back from the deadline for serialising and sending the answer: a share of
 # tmax, and never less than a floor, since a busy host delays the last steps too.
-RESPONSE_MARGIN_SHARE = 0.15
-RESPONSE_MARGIN_MIN_S = 0.03
+RESPONSE_MARGIN_SHARE = 0.2
+RESPONSE_MARGIN_MIN_S = 0.04
 # Never wait less than this for the service, even when the deadline is nearly gone.
 MIN_WAIT_S = 0.005
 
