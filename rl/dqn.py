@@ -212,6 +212,27 @@ def _check_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray |
     return mask
 
 
+def _greedy_over_allowed(
+    q_values: torch.Tensor | np.ndarray, epsilon: float, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check the arguments of an epsilon-greedy policy; return q, allowed, greedy."""
+    q = (
+        q_values.detach().cpu().numpy()
+        if isinstance(q_values, torch.Tensor)
+        else np.asarray(q_values)
+    )
+    if q.ndim != 2:
+        raise LearningError(
+            f"`q_values` must have shape (batch, n_actions), but got {q.shape}"
+        )
+    if not 0.0 <= epsilon <= 1.0:
+        raise LearningError(f"`epsilon` must be in [0, 1], but got {epsilon}")
+    checked = _check_mask(mask, q.shape)
+    allowed = np.ones(q.shape, dtype=bool) if checked is None else checked
+    greedy = np.where(allowed, q, -np.inf).argmax(axis=1)
+    return q, allowed, greedy
+
+
 def select_action(
     q_values: torch.Tensor | np.ndarray,
     epsilon: float,
@@ -236,20 +257,7 @@ def select_action(
         LearningError: If shapes disagree, `epsilon` is out of range or a row
             allows no action.
     """
-    q = (
-        q_values.detach().cpu().numpy()
-        if isinstance(q_values, torch.Tensor)
-        else np.asarray(q_values)
-    )
-    if q.ndim != 2:
-        raise LearningError(
-            f"`q_values` must have shape (batch, n_actions), but got {q.shape}"
-        )
-    if not 0.0 <= epsilon <= 1.0:
-        raise LearningError(f"`epsilon` must be in [0, 1], but got {epsilon}")
-    checked = _check_mask(mask, q.shape)
-    allowed = np.ones(q.shape, dtype=bool) if checked is None else checked
-    greedy = np.where(allowed, q, -np.inf).argmax(axis=1)
+    q, allowed, greedy = _greedy_over_allowed(q_values, epsilon, mask)
     # A uniform score per allowed action, -1 elsewhere: its argmax is a uniformly
     # random allowed action, drawn for all rows in one call.
     noise = np.where(allowed, rng.random(q.shape), -1.0).argmax(axis=1)
@@ -276,20 +284,7 @@ def action_probabilities(
     Returns:
         `(batch, n_actions)` float64 rows that sum to 1.
     """
-    q = (
-        q_values.detach().cpu().numpy()
-        if isinstance(q_values, torch.Tensor)
-        else np.asarray(q_values)
-    )
-    if q.ndim != 2:
-        raise LearningError(
-            f"`q_values` must have shape (batch, n_actions), but got {q.shape}"
-        )
-    if not 0.0 <= epsilon <= 1.0:
-        raise LearningError(f"`epsilon` must be in [0, 1], but got {epsilon}")
-    checked = _check_mask(mask, q.shape)
-    allowed = np.ones(q.shape, dtype=bool) if checked is None else checked
-    greedy = np.where(allowed, q, -np.inf).argmax(axis=1)
+    q, allowed, greedy = _greedy_over_allowed(q_values, epsilon, mask)
     probs = allowed * (epsilon / allowed.sum(axis=1, keepdims=True))
     probs[np.arange(q.shape[0]), greedy] += 1.0 - epsilon
     return probs
