@@ -221,8 +221,9 @@ def _segment_bytes(text: str, index: int) -> bytes:
         ) from None
 
 
-def _core_v2(bits: _Bits) -> TCString:
-    tc = TCString(
+def _common_header(bits: _Bits) -> TCString:
+    """Read the fields that open both a v1 and a v2 core string, in their order."""
+    return TCString(
         version=bits.read(6, "Version"),
         created=bits.deciseconds("Created"),
         last_updated=bits.deciseconds("LastUpdated"),
@@ -232,6 +233,10 @@ def _core_v2(bits: _Bits) -> TCString:
         consent_language=bits.letters("ConsentLanguage"),
         vendor_list_version=bits.read(12, "VendorListVersion"),
     )
+
+
+def _core_v2(bits: _Bits) -> TCString:
+    tc = _common_header(bits)
     if tc.vendor_list_version < 1:
         raise TCFDecodeError("TC string VendorListVersion is 0; it must be >= 1")
     tc.policy_version = bits.read(6, "TcfPolicyVersion")
@@ -286,16 +291,7 @@ def _other_segment(tc: TCString, data: bytes, index: int) -> None:
 
 
 def _core_v1(bits: _Bits) -> TCString:
-    tc = TCString(
-        version=bits.read(6, "Version"),
-        created=bits.deciseconds("Created"),
-        last_updated=bits.deciseconds("LastUpdated"),
-        cmp_id=bits.read(12, "CmpId"),
-        cmp_version=bits.read(12, "CmpVersion"),
-        consent_screen=bits.read(6, "ConsentScreen"),
-        consent_language=bits.letters("ConsentLanguage"),
-        vendor_list_version=bits.read(12, "VendorListVersion"),
-    )
+    tc = _common_header(bits)
     tc.purposes_allowed = bits.id_set(24, "PurposesAllowed")
     tc.max_vendor_id = bits.read(16, "MaxVendorId")
     if not bits.flag("EncodingType"):
